@@ -1,0 +1,146 @@
+"""The one config (ray_config.yaml), validated before any work starts.
+
+Every knob has a default that works on the embedded default (2 CPU cores, local files).
+A bad file or value fails with the key path and the problem, never halfway through a job.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """Raised for an unreadable or invalid config; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RayConfig(_Section):
+    address: str = Field("local", description="'local' starts an embedded Ray; 'auto' or ray://host:port joins a cluster.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for an embedded Ray (None: all).")
+    object_store_memory_mb: int = Field(512, ge=64, description="Object store size for an embedded Ray.")
+    log_to_driver: bool = True
+
+
+class S3Config(_Section):
+    endpoint: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:8333 (None: AWS).")
+    region: str = "us-east-1"
+    access_key: str | None = Field(None, description="Falls back to AWS_ACCESS_KEY_ID.")
+    secret_key: str | None = Field(None, description="Falls back to AWS_SECRET_ACCESS_KEY.")
+
+
+class StorageConfig(_Section):
+    uri: str = Field("./store", description="Root of all outputs: a local path or s3://bucket/prefix.")
+    s3: S3Config = S3Config()
+
+
+class DatasetConfig(_Section):
+    name: str = Field("synthetic", description="synthetic | ml-100k | amazon-beauty | amazon-scientific-mini | a directory of items + interactions files.")
+    data_root: str | None = Field(None, description="Folder holding the real data sets (default: $DATA_ROOT, then ../shared/data).")
+    min_interactions: int = Field(5, ge=1, description="k of the k-core filter on users and items.")
+    synthetic_items: int = Field(600, ge=20)
+    synthetic_users: int = Field(1500, ge=10)
+    seed: int = 42
+
+    def resolved_data_root(self) -> Path:
+        root = self.data_root or os.environ.get("DATA_ROOT")
+        if root:
+            return Path(root)
+        return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+class ModelConfig(_Section):
+    path: str = Field("smollm2", description="'smollm2' (the packaged default) or a Hugging Face checkpoint directory.")
+    engine: Literal["auto", "hf", "vllm"] = Field("auto", description="auto: vllm with a GPU, hf on CPU.")
+    max_prompt_tokens: int = Field(128, ge=8, description="Longer prompts are truncated (and counted).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    cache_dir: str | None = Field(None, description="Where the converted default model is cached (default ~/.cache/guidedrec).")
+
+
+class EmbedConfig(_Section):
+    batch_size: int = Field(32, ge=1)
+    actors: int = Field(1, ge=1, description="Engine actors (one model each).")
+    cpus_per_actor: float = Field(1.0, gt=0, description="Keep below the node's CPUs so read/write tasks can run.")
+    gpus_per_actor: float = Field(0.0, ge=0)
+    threads_per_actor: int = Field(1, ge=1, description="torch threads per actor.")
+    run: str | None = Field(None, description="Name of the embeddings run (default: derived from model + dataset).")
+
+
+class IndexConfig(_Section):
+    factory: str = Field("Flat", description="faiss.index_factory string, e.g. Flat, HNSW32, IVF256,Flat.")
+    metric: Literal["ip", "cosine", "l2"] = "cosine"
+
+
+class SRSConfig(_Section):
+    model: Literal["sasrec"] = "sasrec"
+    sources: list[Literal["id", "llmemb"]] = Field(default_factory=lambda: ["id", "llmemb"])
+    hidden_size: int = Field(64, ge=8)
+    max_len: int = Field(50, ge=2)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(1, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    pca_dim: int = Field(128, ge=2, description="LLMEmb intermediate size d_m.")
+    epochs: int = Field(30, ge=1)
+    patience: int = Field(5, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    num_workers: int = Field(1, ge=1, description="Ray Train workers.")
+    threads_per_worker: int = Field(1, ge=1)
+    seed: int = 42
+
+    @field_validator("sources")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("list at least one embedding source")
+        return v
+
+
+class Config(_Section):
+    ray: RayConfig = RayConfig()
+    storage: StorageConfig = StorageConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    embed: EmbedConfig = EmbedConfig()
+    index: IndexConfig = IndexConfig()
+    srs: SRSConfig = SRSConfig()
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {key}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
+    """Load and validate a config file (None: all defaults), then apply dotted-key overrides."""
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format(e, source)) from None

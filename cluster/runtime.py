@@ -1,0 +1,37 @@
+"""Connect to Ray: an embedded local instance by default, or an existing cluster."""
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from cluster.config import RayConfig
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Start or join Ray once per process; a job submitted to a cluster joins it."""
+    if ray.is_initialized():
+        return
+    if cfg.address == "local" and not os.environ.get("RAY_ADDRESS"):
+        # address="local" ignores a stray RAY_ADDRESS, which made a plain ray.init() hang here.
+        ray.init(
+            address="local",
+            num_cpus=cfg.num_cpus,
+            include_dashboard=False,
+            object_store_memory=cfg.object_store_memory_mb * 1024**2,
+            logging_level=logging.WARNING,
+            log_to_driver=cfg.log_to_driver,
+        )
+    else:
+        # Inside `ray job submit` RAY_ADDRESS points at the cluster; otherwise use the configured one.
+        address = os.environ.get("RAY_ADDRESS") or cfg.address
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=cfg.log_to_driver)
+
+
+def node_cpus() -> float:
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def has_gpu() -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0

@@ -1,0 +1,65 @@
+"""Session-wide real components: one Ray instance, one S3 server, one model load per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("RAY_ADDRESS", None)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    from cluster.config import DatasetConfig
+
+    root = DatasetConfig().resolved_data_root()
+    if not (root / "amazon-scientific-mini").exists():
+        pytest.skip(f"real data not found under {root} (set DATA_ROOT)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """The one embedded Ray instance of the test session (2 CPUs, quiet logs)."""
+    import ray
+
+    from cluster.config import RayConfig
+    from cluster.runtime import init_ray
+
+    init_ray(RayConfig(num_cpus=2, log_to_driver=False))
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS `weed mini`) on 127.0.0.1, always stopped."""
+    from tests.s3_server import SeaweedServer
+
+    with SeaweedServer(tmp_path_factory.mktemp("weed")) as server:
+        yield server
+
+
+@pytest.fixture()
+def s3_store(s3_server, request):
+    """A Store under a fresh prefix of the session's S3 bucket."""
+    from cluster.config import S3Config
+    from cluster.storage import Store
+
+    s3 = S3Config(endpoint=s3_server.endpoint, access_key=s3_server.access_key, secret_key=s3_server.secret_key)
+    return Store(f"s3://{s3_server.bucket}/{request.node.name}", s3)
+
+
+@pytest.fixture(scope="session")
+def hf_engine():
+    """The packaged default model in the transformers engine, loaded once per session."""
+    from cluster.config import ModelConfig
+    from llm.engines import HFEngine
+
+    return HFEngine(ModelConfig(), threads=1)
