@@ -1,0 +1,18 @@
+"""Item catalogs and interaction sequences: loading, validation, prompts and splits."""
+from catalog.filtering import LeaveOneOut, k_core, leave_one_out, user_sequences
+from catalog.loaders import KNOWN_DATASETS, load_catalog
+from catalog.prompts import content_hash, item_prompt, prompt_columns
+from catalog.schemas import Catalog
+
+__all__ = [
+    "KNOWN_DATASETS",
+    "Catalog",
+    "LeaveOneOut",
+    "content_hash",
+    "item_prompt",
+    "k_core",
+    "leave_one_out",
+    "load_catalog",
+    "prompt_columns",
+    "user_sequences",
+]

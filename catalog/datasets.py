@@ -1,0 +1,143 @@
+"""Loaders for the three public benchmark sets in their published file layouts (see each SOURCE.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from catalog.build import ItemCollector, assemble, clean_id
+from catalog.readers import bad_utf8, open_text, read_tsv
+from catalog.schemas import Catalog
+
+# RecBole's ml-100k marks missing values with these (item 267 is "unkonwn unkonwn unknown").
+_ML_PLACEHOLDERS = {"unknown", "unkonwn"}
+
+# Every category path of the Scientific set starts with this; it anchors the split (see below).
+_SCIENTIFIC_ROOT = "Industrial & Scientific"
+
+
+def _ml_text(value: str) -> str | None:
+    return None if value.strip().lower() in _ML_PLACEHOLDERS else value
+
+
+def _ml_interaction(fields: dict[str, str]) -> tuple[str, str, int] | None:
+    user, item = clean_id(fields["user_id:token"]), clean_id(fields["item_id:token"])
+    try:
+        stamp = int(float(fields["timestamp:float"]))
+    except (ValueError, OverflowError):
+        return None
+    return (user, item, stamp) if user and item else None
+
+
+def load_ml100k(root: Path, k: int) -> Catalog:
+    """MovieLens-100K: title, genres, year; real timestamps, ties kept in file order."""
+    items = ItemCollector()
+    item_columns = ["item_id:token", "movie_title:token_seq", "release_year:token", "class:token_seq"]
+    for rec in read_tsv(root / "ml-100k.item.gz", item_columns):
+        if rec.problem:
+            items.quarantine_record(rec, "item_id:token")
+            continue
+        f = rec.fields
+        genres = ", ".join(g for g in f["class:token_seq"].split() if g.lower() not in _ML_PLACEHOLDERS)
+        text = {"title": _ml_text(f["movie_title:token_seq"]), "genres": genres, "year": _ml_text(f["release_year:token"])}
+        items.add(f["item_id:token"], text, rec.raw)
+
+    users, item_ids, ts, dropped = [], [], [], 0
+    inter_columns = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
+    for rec in read_tsv(root / "ml-100k.inter.gz", inter_columns):
+        row = None if rec.problem else _ml_interaction(rec.fields)
+        if row is None:
+            dropped += 1
+            continue
+        users.append(row[0])
+        item_ids.append(row[1])
+        ts.append(row[2])
+    return assemble("ml-100k", "movie", items, users, item_ids, ts, k, dropped)
+
+
+def load_beauty(root: Path, k: int) -> Catalog:
+    """Amazon Beauty (S3-Rec/P5 version): item_id = ASIN, text = title; ts = position in the sequence."""
+    items = ItemCollector()
+    asin_of: dict[str, str] = {}  # the sequences' 1-based ids -> ASIN
+    for rec in read_tsv(root / "items.tsv.gz", ["item_id", "asin", "title"]):
+        if rec.problem:
+            items.quarantine_record(rec, "asin")
+            continue
+        number, asin = rec.fields["item_id"].strip(), rec.fields["asin"]
+        if number in asin_of:
+            items.reject(asin, "duplicate item_id", rec.raw)
+        elif items.add(asin, {"title": rec.fields["title"]}, rec.raw):
+            asin_of[number] = asin.strip()
+
+    users, item_ids, ts, dropped = [], [], [], 0
+    with open_text(root / "sequences.txt.gz") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            user, *sequence = line.split()
+            if bad_utf8(line):
+                dropped += len(sequence)
+                continue
+            for position, number in enumerate(sequence):
+                asin = asin_of.get(number)
+                if asin is None:
+                    dropped += 1
+                    continue
+                users.append(user)
+                item_ids.append(asin)
+                ts.append(position)
+    return assemble("amazon-beauty", "beauty", items, users, item_ids, ts, k, dropped)
+
+
+def split_scientific_text(text: str) -> dict[str, str | None]:
+    """UniSRec's "<title>. <categories>. <brand>. " -> title / categories / brand.
+
+    Split from the right, anchored on the categories segment (it starts with the category root,
+    or is empty) because titles *and* brands may contain ". " ("S.O.L. Survive Outdoors Longer").
+    """
+    body = text.strip()
+    body = body[:-1] if body.endswith(".") else body
+    parts = body.split(". ")
+    anchors = [i for i, p in enumerate(parts) if i > 0 and p.startswith(_SCIENTIFIC_ROOT)]
+    anchors = anchors or [i for i, p in enumerate(parts[:-1]) if i > 0 and not p.strip()]
+    if anchors:
+        at = anchors[-1]
+    elif len(parts) >= 3:
+        at = len(parts) - 2
+    else:
+        return {"title": body, "categories": None, "brand": None}
+    return {"title": ". ".join(parts[:at]), "categories": parts[at], "brand": ". ".join(parts[at + 1:])}
+
+
+def _index(path: Path) -> dict[str, str]:
+    """A UniSRec `key \\t index` file as index -> key; unreadable rows are left out (their ids count as dropped)."""
+    return {rec.fields["index"].strip(): rec.fields["key"].strip()
+            for rec in read_tsv(path, ["key", "index"], header=False) if not rec.problem}
+
+
+def load_scientific(root: Path, k: int) -> Catalog:
+    """Amazon Scientific (UniSRec subset): item_id = ASIN; a user's full sequence = test history + target."""
+    items = ItemCollector()
+    for rec in read_tsv(root / "Scientific.text.gz", ["item_id:token", "text:token_seq"]):
+        if rec.problem:
+            items.quarantine_record(rec, "item_id:token")
+            continue
+        items.add(rec.fields["item_id:token"], split_scientific_text(rec.fields["text:token_seq"]), rec.raw)
+
+    asin_of = _index(root / "Scientific.item2index.gz")
+    user_of = _index(root / "Scientific.user2index.gz")
+    users, item_ids, ts, dropped = [], [], [], 0
+    columns = ["user_id:token", "item_id_list:token_seq", "item_id:token"]
+    for rec in read_tsv(root / "Scientific.test.inter.gz", columns):
+        if rec.problem:
+            dropped += 1
+            continue
+        sequence = rec.fields["item_id_list:token_seq"].split() + [rec.fields["item_id:token"].strip()]
+        user = user_of.get(rec.fields["user_id:token"].strip())
+        for position, index in enumerate(sequence):
+            asin = asin_of.get(index)
+            if user is None or asin is None:
+                dropped += 1
+                continue
+            users.append(user)
+            item_ids.append(asin)
+            ts.append(position)
+    return assemble("amazon-scientific-mini", "scientific", items, users, item_ids, ts, k, dropped)

@@ -1,0 +1,56 @@
+"""Item text -> LLM prompt (the LLMEmb attribute template) and a content hash of exactly that text.
+
+Items are stored, prompted and hashed through the same `clean_text`, so two items with the same
+hash always get the same prompt, and an embedding cache keyed by the hash stays valid across runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+import pyarrow as pa
+
+from catalog.schemas import RESERVED_COLUMNS
+
+
+def clean_text(value: Any) -> str | None:
+    """One-line trimmed text, or None when there is nothing to say (lists are joined with ', ')."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, (list, tuple)):
+        parts = [p for p in (clean_text(v) for v in value) if p]
+        return ", ".join(parts) or None
+    return " ".join(str(value).split()) or None
+
+
+def _attributes(item: dict[str, Any]) -> list[tuple[str, str]]:
+    """(column, text) pairs that reach the prompt, in column order."""
+    pairs = []
+    for name, value in item.items():
+        text = None if name in RESERVED_COLUMNS else clean_text(value)
+        if text:
+            pairs.append((name, text))
+    return pairs
+
+
+def prompt_columns(items: pa.Table) -> list[str]:
+    """The text columns of an items table, in the order they appear in the prompt."""
+    return [c for c in items.column_names if c not in RESERVED_COLUMNS]
+
+
+def item_prompt(item: dict[str, Any], domain: str) -> str:
+    """`The <domain> item has the following attributes: title is X; genres is Y.` (empty fields skipped)."""
+    pairs = _attributes(item)
+    if not pairs:
+        raise ValueError(f"item {item.get('item_id')!r} has no text to prompt with")
+    clauses = "; ".join(f"{name.replace('_', ' ')} is {text}" for name, text in pairs)
+    end = "" if clauses.endswith((".", "!", "?")) else "."  # a description's own full stop ends the prompt
+    return f"The {domain} item has the following attributes: {clauses}{end}"
+
+
+def content_hash(item: dict[str, Any]) -> str:
+    """sha256 hex of the prompt-relevant (column, text) pairs; ignores item_id so renamed ids reuse embeddings."""
+    payload = json.dumps(_attributes(item), separators=(",", ":"))
+    return hashlib.sha256(payload.encode("ascii")).hexdigest()
