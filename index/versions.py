@@ -1,0 +1,127 @@
+"""Index versions in a Store: immutable `index/<version>/` directories plus a CURRENT pointer.
+
+A build never touches an older version; readers follow CURRENT, which is replaced in one
+atomic write only after the new version is committed, so a reader sees the old index or the
+new one, never half of one.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from cluster.config import IndexConfig
+from cluster.storage import StorageError, Store
+from index.faiss_index import ItemIndex
+from llm.runs import read_run
+
+ROOT = "index"
+CURRENT = f"{ROOT}/CURRENT"
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.parquet"
+
+
+class NoIndexError(StorageError):
+    """No index version has been made current in this store."""
+
+
+class Neighbour(NamedTuple):
+    item_id: str
+    score: float
+    title: str | None
+
+
+def _version_dir(version: str) -> str:
+    return f"{ROOT}/{version}"
+
+
+def _new_version() -> str:
+    """UTC time to the microsecond plus a short uuid: sorts by creation, never collides."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:6]}"
+
+
+# -- versions ------------------------------------------------------------------------------
+def save_version(store: Store, index: ItemIndex, *, run: str, extra: dict | None = None) -> str:
+    """Write index/<version>/{index.faiss, ids.parquet} and commit its manifest; returns version."""
+    version = _new_version()
+    vdir = _version_dir(version)
+    store.write_bytes(f"{vdir}/{INDEX_FILE}", index.to_bytes())
+    store.write_parquet(f"{vdir}/{IDS_FILE}", pa.table({"item_id": pa.array(index.ids, pa.string())}))
+    store.commit(vdir, {
+        **(extra or {}),
+        "run": run, "factory": index.factory, "metric": index.metric, "dims": index.dims,
+        "count": len(index), "created": datetime.now(timezone.utc).isoformat(),
+    })
+    return version
+
+
+def list_versions(store: Store) -> list[str]:
+    """Committed versions, oldest first."""
+    return [v for v in store.list(ROOT) if v != "CURRENT" and store.is_committed(_version_dir(v))]
+
+
+def set_current(store: Store, version: str) -> None:
+    """Point CURRENT at a committed version (one atomic object write)."""
+    store.manifest(_version_dir(version))   # StorageError unless committed
+    store.write_json(CURRENT, {"version": version, "updated": datetime.now(timezone.utc).isoformat()})
+
+
+def current_version(store: Store) -> str:
+    if not store.exists(CURRENT):
+        raise NoIndexError(f"no index built yet: run `guidedrec index` (no {store.full_uri(CURRENT)})")
+    return store.read_json(CURRENT)["version"]
+
+
+def version_manifest(store: Store, version: str | None = None) -> dict:
+    """The manifest of `version` (None: CURRENT)."""
+    return store.manifest(_version_dir(version or current_version(store)))
+
+
+def load_index(store: Store, version: str | None = None) -> ItemIndex:
+    """Load `version` (None: CURRENT) and check its id map against the manifest."""
+    version = version or current_version(store)
+    vdir = _version_dir(version)
+    manifest = store.manifest(vdir)
+    ids = store.read_parquet(f"{vdir}/{IDS_FILE}").column("item_id").to_pylist()
+    if len(ids) != manifest["count"]:
+        raise StorageError(f"{store.full_uri(vdir)}: manifest counts {manifest['count']} items, ids hold {len(ids)}")
+    return ItemIndex.from_bytes(store.read_bytes(f"{vdir}/{INDEX_FILE}"), ids,
+                                factory=manifest["factory"], metric=manifest["metric"])
+
+
+def build_from_run(store: Store, run: str, cfg: IndexConfig) -> str:
+    """Index a committed embeddings run, save it as a new version, make it CURRENT."""
+    ids, vectors, run_manifest = read_run(store, run)
+    index = ItemIndex.build(ids, vectors, factory=cfg.factory, metric=cfg.metric)
+    version = save_version(store, index, run=run, extra={"catalog": run_manifest.get("catalog")})
+    set_current(store, version)
+    return version
+
+
+# -- titles for people ---------------------------------------------------------------------
+def item_titles(store: Store, source: dict | str, ids: list[str]) -> dict[str, str]:
+    """Titles of `ids` from the catalog a manifest names (a run's or an index version's manifest,
+    or an index version name); ids missing from the catalog are left out."""
+    manifest = version_manifest(store, source) if isinstance(source, str) else source
+    catalog = manifest.get("catalog")
+    if not catalog:
+        raise StorageError("the manifest names no catalog, so there are no titles to show")
+    try:
+        table = pq.read_table(store.path(catalog), filesystem=store.fs, columns=["item_id", "title"],
+                              filters=pc.field("item_id").isin(list(ids)))
+    except (OSError, pa.ArrowInvalid) as e:
+        raise StorageError(f"cannot read titles from {store.full_uri(catalog)}: {e}") from None
+    return dict(zip(table.column("item_id").to_pylist(), table.column("title").to_pylist()))
+
+
+def similar_items(store: Store, item_id: str, k: int, version: str | None = None) -> list[Neighbour]:
+    """The k nearest items of `item_id` with titles: what `guidedrec query --item` prints."""
+    version = version or current_version(store)
+    found, scores = load_index(store, version).search_items([item_id], k)
+    titles = item_titles(store, version, found[0])
+    return [Neighbour(i, float(s), titles.get(i)) for i, s in zip(found[0], scores[0])]

@@ -1,0 +1,273 @@
+"""ItemIndex and index versions over committed embeddings runs, on local files and real S3."""
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from cluster.config import IndexConfig
+from cluster.storage import StorageError, Store
+from index import (
+    ItemIndex,
+    NoIndexError,
+    build_from_run,
+    current_version,
+    item_titles,
+    list_versions,
+    load_index,
+    save_version,
+    set_current,
+    similar_items,
+    version_manifest,
+)
+from index.faiss_index import HNSW_EF_SEARCH
+
+
+def random_vectors(n: int = 300, d: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+def clustered_vectors(n: int = 2000, d: int = 32, clusters: int = 20, seed: int = 1) -> np.ndarray:
+    """Tight clusters, like real item embeddings: the case approximate indexes are built for."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, d))
+    points = centers[rng.integers(0, clusters, n)] + 0.15 * rng.standard_normal((n, d))
+    return points.astype(np.float32)
+
+
+def ids_for(n: int) -> list[str]:
+    return [f"item-{i:05d}" for i in range(n)]
+
+
+def write_run(store: Store, run: str, vectors: np.ndarray, *, commit: bool = True) -> list[str]:
+    """A tiny embeddings run as the embed job writes it: two part files, a catalog, a manifest."""
+    n, d = vectors.shape
+    ids = ids_for(n)
+    catalog = f"catalog/{run}/items.parquet"
+    store.write_parquet(catalog, pa.table({"item_id": ids, "title": [f"Title {i}" for i in ids]}))
+    half = n // 2
+    for part, rows in enumerate([slice(0, half), slice(half, n)]):
+        store.write_parquet(f"embeddings/{run}/part-{part:05d}.parquet", pa.table({
+            "item_id": ids[rows],
+            "content_hash": [f"h{i}" for i in ids[rows]],
+            "prompt": ["ignored"] * len(ids[rows]),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].ravel()), d),
+        }))
+    if commit:
+        store.commit(f"embeddings/{run}", {"dims": d, "rows": n, "catalog": catalog})
+    return ids
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path) -> Store:
+    if request.param == "local":
+        return Store(str(tmp_path / "store"))
+    return request.getfixturevalue("s3_store")
+
+
+@pytest.fixture(scope="module")
+def clustered() -> tuple[list[str], np.ndarray]:
+    x = clustered_vectors()
+    return ids_for(len(x)), x
+
+
+# -- building and searching ----------------------------------------------------------------
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_exact_search_returns_self_first(metric):
+    x = random_vectors()
+    index = ItemIndex.build(ids_for(len(x)), x, metric=metric)
+    found, scores = index.search(x, k=5)
+    assert [row[0] for row in found] == index.ids
+    expected_self = 1.0 if metric == "cosine" else 0.0
+    np.testing.assert_allclose(scores[:, 0], expected_self, atol=1e-4)
+    assert scores.shape == (len(x), 5)
+
+
+def test_cosine_scores_match_numpy():
+    x = random_vectors()
+    index = ItemIndex.build(ids_for(len(x)), x)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = unit[:10] @ unit.T
+    found, scores = index.search(x[:10] * 3.0, k=4)   # query scale does not matter for cosine
+    for row in range(10):
+        top = np.argsort(-sims[row])[:4]
+        assert found[row] == [index.ids[j] for j in top]
+        np.testing.assert_allclose(scores[row], sims[row, top], rtol=1e-5)
+
+
+def test_inner_product_keeps_norms():
+    x = np.array([[1, 0], [10, 0], [0, 1]], dtype=np.float32)
+    index = ItemIndex.build(["a", "b", "c"], x, metric="ip")
+    found, scores = index.search(np.array([1, 0], dtype=np.float32), k=3)
+    assert found == [["b", "a", "c"]]
+    np.testing.assert_allclose(scores[0], [10, 1, 0])
+
+
+def test_search_items_excludes_self(clustered):
+    ids, x = clustered
+    index = ItemIndex.build(ids, x)
+    found, scores = index.search_items(ids[:50], k=10)
+    assert scores.shape == (50, 10) and not np.isnan(scores).any()
+    for item, neighbours in zip(ids[:50], found):
+        assert len(neighbours) == 10 and item not in neighbours
+    with_self, _ = index.search_items(ids[:5], k=3, exclude_self=False)
+    assert [row[0] for row in with_self] == ids[:5]
+
+
+def test_k_larger_than_the_index_is_clamped():
+    index = ItemIndex.build(["a", "b", "c"], random_vectors(3, 4))
+    found, scores = index.search(random_vectors(2, 4, seed=5), k=10)
+    assert scores.shape == (2, 3) and all(sorted(row) == ["a", "b", "c"] for row in found)
+    found, scores = index.search_items(["a"], k=10)
+    assert sorted(found[0]) == ["b", "c"] and scores.shape == (1, 2)
+
+
+def test_vector_is_the_indexed_vector():
+    x = random_vectors()
+    ids = ids_for(len(x))
+    index = ItemIndex.build(ids, x, metric="cosine")
+    np.testing.assert_allclose(index.vector(ids[7]), x[7] / np.linalg.norm(x[7]), rtol=1e-6)
+    assert index.dims == 16 and len(index) == len(x) and index.factory == "Flat"
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF32,Flat"])
+def test_approximate_indexes_recall_on_clustered_data(clustered, factory):
+    ids, x = clustered
+    exact, _ = ItemIndex.build(ids, x).search_items(ids[:200], k=10)
+    approx_index = ItemIndex.build(ids, x, factory=factory)
+    approx, _ = approx_index.search_items(ids[:200], k=10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall >= 0.9, f"{factory} recall@10 {recall:.3f}"
+    np.testing.assert_allclose(approx_index.vector(ids[3]), ItemIndex.build(ids, x).vector(ids[3]), rtol=1e-6)
+
+
+def test_bytes_round_trip_keeps_search_settings():
+    ids, x = ids_for(2000), clustered_vectors()
+    hnsw = ItemIndex.from_bytes(ItemIndex.build(ids, x, factory="HNSW32").to_bytes(), ids,
+                                factory="HNSW32", metric="cosine")
+    assert faiss.downcast_index(hnsw.index.index).hnsw.efSearch == HNSW_EF_SEARCH
+    ivf_index = ItemIndex.build(ids, x, factory="IVF32,Flat")
+    ivf = ItemIndex.from_bytes(ivf_index.to_bytes(), ids, factory="IVF32,Flat", metric="cosine")
+    assert faiss.extract_index_ivf(ivf.index).nprobe == 8
+    a, sa = ivf_index.search(x[:20], 5)
+    b, sb = ivf.search(x[:20], 5)
+    assert a == b and np.array_equal(sa, sb)
+
+
+# -- errors ------------------------------------------------------------------------------
+def test_build_rejects_bad_input():
+    x = random_vectors(10, 4)
+    ids = ids_for(10)
+    with pytest.raises(ValueError, match="9 ids for 10 vectors"):
+        ItemIndex.build(ids[:9], x)
+    with pytest.raises(ValueError, match="duplicate ids.*item-00000"):
+        ItemIndex.build([ids[0]] + ids[:9], x)
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf.*item-00003"):
+        ItemIndex.build(ids, bad)
+    with pytest.raises(ValueError, match="float32, got float64"):
+        ItemIndex.build(ids, x.astype(np.float64))
+    with pytest.raises(ValueError, match="2-D"):
+        ItemIndex.build(ids, x.ravel())
+    with pytest.raises(ValueError, match="zero vectors.*item-00002"):
+        ItemIndex.build(ids, np.where(np.arange(10)[:, None] == 2, 0, x).astype(np.float32))
+    with pytest.raises(ValueError, match="no vectors"):
+        ItemIndex.build([], np.empty((0, 4), np.float32))
+    with pytest.raises(ValueError, match="unknown metric 'dot'"):
+        ItemIndex.build(ids, x, metric="dot")
+    with pytest.raises(ValueError, match="FAISS cannot build index 'Bogus12'"):
+        ItemIndex.build(ids, x, factory="Bogus12")
+
+
+def test_ivf_needs_enough_training_vectors():
+    with pytest.raises(ValueError, match="'IVF64,Flat' has 64 IVF lists.*got 50"):
+        ItemIndex.build(ids_for(50), random_vectors(50, 8), factory="IVF64,Flat")
+
+
+def test_search_errors_name_the_problem():
+    index = ItemIndex.build(ids_for(20), random_vectors(20, 8))
+    with pytest.raises(ValueError, match="4 dims, the index expects 8"):
+        index.search(random_vectors(2, 4), k=3)
+    with pytest.raises(KeyError, match="'nope'"):
+        index.search_items(["item-00001", "nope"], k=3)
+    with pytest.raises(KeyError, match="'ghost'"):
+        index.vector("ghost")
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        index.search_items(["item-00001"], k=0)
+
+
+# -- versions in a store -------------------------------------------------------------------
+def test_save_load_round_trip(store):
+    ids, x = ids_for(400), clustered_vectors(400, 16, clusters=8)
+    index = ItemIndex.build(ids, x, factory="HNSW16")
+    version = save_version(store, index, run="r1", extra={"catalog": "catalog/r1/items.parquet"})
+    assert sorted(store.list(f"index/{version}")) == ["_manifest.json", "ids.parquet", "index.faiss"]
+    loaded = load_index(store, version)
+    assert loaded.ids == ids and (loaded.factory, loaded.metric, loaded.dims) == ("HNSW16", "cosine", 16)
+    a, sa = index.search_items(ids[:30], k=8)
+    b, sb = loaded.search_items(ids[:30], k=8)
+    assert a == b and np.array_equal(sa, sb)
+    manifest = version_manifest(store, version)
+    assert {k: manifest[k] for k in ["run", "factory", "metric", "dims", "count", "catalog"]} == {
+        "run": "r1", "factory": "HNSW16", "metric": "cosine", "dims": 16, "count": 400,
+        "catalog": "catalog/r1/items.parquet"}
+
+
+def test_build_from_run_and_current_switch(store):
+    x = clustered_vectors(300, 16, clusters=6)
+    ids = write_run(store, "run-a", x)
+    with pytest.raises(NoIndexError, match="no index built yet: run `guidedrec index`"):
+        current_version(store)
+    first = build_from_run(store, "run-a", IndexConfig())
+    assert current_version(store) == first and load_index(store).ids == ids
+    second = build_from_run(store, "run-a", IndexConfig(factory="IVF8,Flat", metric="l2"))
+    assert second > first and list_versions(store) == [first, second]
+    assert current_version(store) == second and load_index(store).factory == "IVF8,Flat"
+    assert load_index(store, first).factory == "Flat"            # old versions remain
+    assert json.loads(store.read_bytes("index/CURRENT"))["version"] == second
+    assert not [n for n in store.list("index") if n.startswith(".tmp")]
+    set_current(store, first)                                     # roll back
+    assert load_index(store).metric == "cosine"
+
+
+def test_neighbours_with_titles(store):
+    x = clustered_vectors(200, 8, clusters=4)
+    ids = write_run(store, "run-t", x)
+    version = build_from_run(store, "run-t", IndexConfig())
+    neighbours = similar_items(store, ids[0], k=5)
+    assert len(neighbours) == 5 and ids[0] not in [n.item_id for n in neighbours]
+    assert all(n.title == f"Title {n.item_id}" for n in neighbours)
+    assert neighbours[0].score >= neighbours[-1].score
+    run_manifest = store.manifest("embeddings/run-t")
+    assert item_titles(store, run_manifest, [ids[1], "unknown"]) == {ids[1]: f"Title {ids[1]}"}
+    assert item_titles(store, version, [ids[2]]) == {ids[2]: f"Title {ids[2]}"}
+
+
+def test_missing_or_uncommitted_run_is_refused(tmp_path):
+    store = Store(str(tmp_path / "s"))
+    with pytest.raises(StorageError, match="never committed"):
+        build_from_run(store, "nope", IndexConfig())
+    write_run(store, "half", random_vectors(20, 4), commit=False)
+    with pytest.raises(StorageError, match="half.*never committed"):
+        build_from_run(store, "half", IndexConfig())
+    assert not store.exists("index")
+
+
+def test_run_dims_must_match_manifest(tmp_path):
+    store = Store(str(tmp_path / "s"))
+    write_run(store, "r", random_vectors(20, 4))
+    store.commit("embeddings/r", {**store.manifest("embeddings/r"), "dims": 5})
+    with pytest.raises(ValueError, match="manifest says 5 dims, Parquet holds 4"):
+        build_from_run(store, "r", IndexConfig())
+
+
+def test_set_current_refuses_an_uncommitted_version(tmp_path):
+    store = Store(str(tmp_path / "s"))
+    store.write_bytes("index/20990101T000000000000Z-abcdef/index.faiss", b"partial")
+    with pytest.raises(StorageError, match="never committed"):
+        set_current(store, "20990101T000000000000Z-abcdef")
+    assert list_versions(store) == []
