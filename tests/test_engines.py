@@ -1,0 +1,58 @@
+"""Contract tests: both engines load the same checkpoint and agree on what they compute."""
+import numpy as np
+import pytest
+
+from cluster.config import ModelConfig
+from llm.engines import HFEngine, VLLMEngine, build_engine, pick_engine
+
+PROMPTS = [
+    "The movie item has the following attributes: title is Toy Story; genres is Animation Children's Comedy; year is 1995.",
+    "The beauty item has the following attributes: title is OPI Nail Lacquer, Simmer and Shimmer, 0.5-Fluid Ounce.",
+    "The scientific item has the following attributes: title is Gorilla Original Gorilla Glue; brand is Gorilla.",
+    "short",
+]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def vllm_engine():
+    return VLLMEngine(ModelConfig())
+
+
+def test_auto_picks_hf_on_cpu(hf_engine):
+    assert pick_engine(ModelConfig()) == "hf"
+    assert isinstance(build_engine(ModelConfig(engine="hf")), HFEngine)
+
+
+def test_embeddings_are_mean_pooled_and_batch_independent(hf_engine):
+    batch = hf_engine.embed(PROMPTS)
+    assert batch.shape == (len(PROMPTS), 576) and batch.dtype == np.float32
+    alone = np.stack([hf_engine.embed([p])[0] for p in PROMPTS])
+    assert np.allclose(batch, alone, atol=1e-3), "padding must not leak into the mean"
+    assert _cosine(batch[:1], batch[1:2])[0] < 0.999, "different items give different vectors"
+
+
+def test_truncation_is_applied_and_counted(hf_engine):
+    long = "title is " + "very " * 500 + "long"
+    tok = hf_engine.tokenize([long, "short"])
+    assert tok.truncated == [True, False]
+    assert len(tok.ids[0]) == hf_engine.cfg.max_prompt_tokens
+
+
+@pytest.mark.slow
+def test_vllm_and_hf_agree_on_embeddings(hf_engine, vllm_engine):
+    h, v = hf_engine.embed(PROMPTS), vllm_engine.embed(PROMPTS)
+    assert v.shape == h.shape
+    assert _cosine(h, v).min() >= 0.99
+    assert np.allclose(np.linalg.norm(h, axis=1), np.linalg.norm(v, axis=1), rtol=0.05), "both unnormalized"
+
+
+@pytest.mark.slow
+def test_vllm_and_hf_generate_the_same_greedy_text(hf_engine, vllm_engine):
+    prompt = ["<|im_start|>user\nName one primary colour.<|im_end|>\n<|im_start|>assistant\n"]
+    h, v = hf_engine.generate(prompt, 6), vllm_engine.generate(prompt, 6)
+    assert h[0].strip() and v[0].strip()
+    assert h[0].split()[:2] == v[0].split()[:2], (h, v)  # bf16 vs fp32 may drift later in the text
