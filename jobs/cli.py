@@ -1,0 +1,31 @@
+"""`guidedrec`: one CLI whose subcommands are the jobs (each also runs as `python -m jobs.<name>`)."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cluster import ConfigError
+from jobs import embed, index, ingest, pipeline, query, train
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="LLM-guided item embeddings for sequential recommendation, as Ray jobs.")
+app.command("ingest")(ingest.main)
+app.command("embed")(embed.main)
+app.command("index")(index.main)
+app.command("train")(train.main)
+app.command("query")(query.main)
+app.command("pipeline")(pipeline.main)
+
+
+def main() -> None:
+    """Console entry point: config and input errors print one clear line, not a traceback."""
+    try:
+        app(standalone_mode=False)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

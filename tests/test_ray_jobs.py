@@ -1,0 +1,86 @@
+"""A user submits the embedding job to a running Ray cluster through the Jobs SDK."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.storage import Store
+from tests.conftest import REPO
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def ray_head(tmp_path):
+    """`ray start --head --block` on loopback in its own process group: stopping it stops only it."""
+    port, dash = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    log = open(tmp_path / "head.log", "w")
+    proc = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+         "--object-store-memory=300000000", "--disable-usage-stats", f"--temp-dir={tmp_path / 'ray'}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        from ray.job_submission import JobSubmissionClient
+
+        deadline = time.time() + 120
+        while True:
+            try:
+                yield JobSubmissionClient(address)
+                break
+            except Exception:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"Ray head did not start: {(tmp_path / 'head.log').read_text()[-2000:]}")
+                time.sleep(2)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.mark.slow
+def test_embed_job_submitted_through_jobs_sdk(ray_head, tmp_path):
+    from ray.job_submission import JobStatus
+
+    store_dir = tmp_path / "store"
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "ray": {"address": "auto"},
+        "storage": {"uri": str(store_dir)},
+        "dataset": {"name": "synthetic", "synthetic_items": 60, "synthetic_users": 120},
+        "embed": {"batch_size": 16, "cpus_per_actor": 1.0},
+    }))
+    job = ray_head.submit_job(
+        entrypoint=f"python -m jobs.embed --config {config}",
+        runtime_env={"working_dir": str(REPO), "excludes": [".venv", ".git", "store"],
+                     "env_vars": {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}},
+    )
+    deadline = time.time() + 400
+    while (status := ray_head.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.time() < deadline, "job did not finish in time"
+        time.sleep(3)
+    logs = ray_head.get_job_logs(job)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    store = Store(str(store_dir))
+    runs = store.list("embeddings")
+    assert len(runs) == 1 and store.is_committed(f"embeddings/{runs[0]}")
+    manifest = store.manifest(f"embeddings/{runs[0]}")
+    assert manifest["rows"] == store.manifest("catalog/synthetic")["items"] > 0
+    assert "embed:" in logs
