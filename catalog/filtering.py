@@ -51,7 +51,7 @@ class LeaveOneOut:
     test: dict[str, tuple[list[str], str]]
 
 
-def leave_one_out(sequences: dict[str, list[str]]) -> LeaveOneOut:
+def leave_one_out(sequences: dict[str, list]) -> LeaveOneOut:
     """Split each sequence; users with fewer than 3 items cannot fill all three parts and are dropped."""
     split = LeaveOneOut({}, {}, {})
     for user, seq in sequences.items():

@@ -1,0 +1,179 @@
+"""Sequence data for SRS training: leave-one-out split, padded tensors, negative sampling.
+
+Item i of the catalog's `item_ids` is index i + 1; index 0 is padding. Every sequence tensor is
+LEFT-padded to `max_len`, so the most recent item is always the last column (the position the
+user vector is read from) and a position embedding counted from the right means the same
+thing for every row.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from catalog import leave_one_out
+
+
+
+def pad_left(rows: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
+    """[len(rows), max_len] int64: the last max_len entries of each row, zeros in front."""
+    out = np.zeros((len(rows), max_len), dtype=np.int64)
+    for r, row in enumerate(rows):
+        tail = row[-max_len:]
+        if len(tail):
+            out[r, max_len - len(tail):] = tail
+    return out
+
+
+@dataclass(frozen=True)
+class Ragged:
+    """Variable-length int rows as one flat array plus offsets (row r = values[offsets[r]:offsets[r+1]])."""
+
+    values: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Sequence[int]]) -> "Ragged":
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        values = np.fromiter((v for r in rows for v in r), dtype=np.int64, count=int(offsets[-1]))
+        return cls(values, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def padded(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows, right-padded with 0 to the longest of them (at least 1 column)."""
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        width = max(int(lengths.max(initial=0)), 1)
+        cols = np.arange(width)
+        keep = cols < lengths[:, None]
+        out = np.zeros((len(rows), width), dtype=np.int64)
+        out[keep] = self.values[(starts[:, None] + cols)[keep]]
+        return out
+
+
+@dataclass(frozen=True)
+class SeqTensors:
+    """Everything one SRS run needs, as numpy arrays (cheap to ship to Ray workers).
+
+    train_inputs/train_targets: one row per user with >= 2 training items (RecBole/SASRec
+    style): the last max_len items of seq[:-2] shifted by one, so every position is trained at
+    once. valid_*/test_*: one case per user; `inputs` is the history the model reads (the last
+    max_len items), `seen` the whole history, masked in full ranking (see srs.metrics).
+    """
+
+    n_items: int
+    train_inputs: np.ndarray
+    train_targets: np.ndarray
+    train_seen: Ragged
+    valid_inputs: np.ndarray
+    valid_targets: np.ndarray
+    test_inputs: np.ndarray
+    test_seen: Ragged
+    test_targets: np.ndarray
+
+    @property
+    def valid_seen(self) -> Ragged:
+        return self.train_seen
+
+
+def encode(sequences: Mapping[str, Sequence[str]], item_ids: Sequence[str]) -> dict[str, list[int]]:
+    """Item ids to indices: item_ids[i] -> i + 1 (0 is padding)."""
+    index = {item: i + 1 for i, item in enumerate(item_ids)}
+    try:
+        return {u: [index[v] for v in seq] for u, seq in sequences.items()}
+    except KeyError as e:
+        raise ValueError(f"sequence item {e.args[0]!r} is not in item_ids") from None
+
+
+def build_tensors(sequences: Mapping[str, Sequence[str]], item_ids: Sequence[str], max_len: int) -> SeqTensors:
+    """Encode, split leave-one-out and pad."""
+    split = leave_one_out(encode(sequences, item_ids))
+    users = list(split.train)
+    train = [split.train[u] for u in users]
+    valid_targets = [split.valid[u][1] for u in users]
+    trainable = [s for s in train if len(s) >= 2]
+    test_history = [s + [v] for s, v in zip(train, valid_targets)]
+    return SeqTensors(
+        n_items=len(item_ids),
+        train_inputs=pad_left([s[:-1] for s in trainable], max_len),
+        train_targets=pad_left([s[1:] for s in trainable], max_len),
+        train_seen=Ragged.from_rows(train),
+        valid_inputs=pad_left(train, max_len),
+        valid_targets=np.asarray(valid_targets, dtype=np.int64),
+        test_inputs=pad_left(test_history, max_len),
+        test_seen=Ragged.from_rows(test_history),
+        test_targets=np.asarray([split.test[u][1] for u in users], dtype=np.int64),
+    )
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """This worker's shuffled batches of training rows, grouped by length.
+
+    SASRec's cost per batch grows with its longest row; with avg length ~9 and max_len 50,
+    random batches are mostly padding. Rows are shuffled, sorted by length inside chunks of
+    `chunk` batches, cut into batches, and the batches shuffled (the group-by-length trick of
+    bucketing samplers). Batch k of the epoch goes to rank k % world_size, and every rank gets
+    the same number of batches, as DistributedDataParallel needs.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, chunk: int = 50):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.chunk = chunk
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        perm = rng.permutation(len(self.lengths))
+        span = self.chunk * self.batch_size
+        batches = []
+        for start in range(0, len(perm), span):
+            part = perm[start:start + span]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches += [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+        order = rng.permutation(len(batches))
+        per_rank = len(batches) // self.world_size
+        return [batches[k] for k in order[self.rank:per_rank * self.world_size:self.world_size]]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (b.tolist() for b in self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+class TrainBatch(NamedTuple):
+    """Inputs, next-item targets and one sampled negative per position, all [B, L], 0 = pad."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    negatives: torch.Tensor
+
+
+def sample_negatives(
+    inputs: torch.Tensor, targets: torch.Tensor, n_items: int, generator: torch.Generator, tries: int = 5
+) -> torch.Tensor:
+    """One uniform negative per target position, redrawn (a few times, vectorized) when it hits
+    an item of the user's training sequence, as in SASRec's sampler; 0 where the target is pad."""
+    seen = torch.cat([inputs, targets[:, -1:]], dim=1)  # inputs plus the last target = the whole sequence
+    neg = torch.randint(1, n_items + 1, targets.shape, generator=generator, device=targets.device)
+    for _ in range(tries):
+        clash = (neg.unsqueeze(-1) == seen.unsqueeze(1)).any(-1)
+        n_clash = int(clash.sum())
+        if n_clash == 0:
+            break
+        neg[clash] = torch.randint(1, n_items + 1, (n_clash,), generator=generator, device=targets.device)
+    return neg.masked_fill(targets == 0, 0)
