@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -67,22 +67,38 @@ class ModelConfig(_Section):
 
 
 class EmbedConfig(_Section):
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="Prompts per forward pass.")
+    block_size: int = Field(512, ge=1, description="Items per input block: the unit of work, of part files and of resume.")
     actors: int = Field(1, ge=1, description="Engine actors (one model each).")
     cpus_per_actor: float = Field(1.0, gt=0, description="Keep below the node's CPUs so read/write tasks can run.")
     gpus_per_actor: float = Field(0.0, ge=0)
-    threads_per_actor: int = Field(1, ge=1, description="torch threads per actor.")
+    threads_per_actor: int = Field(2, ge=1, description="torch threads per actor.")
+    attributes: list[str] | None = Field(None, description="GER attributes to score (None: the domain's default list); "
+                                         "scoring runs with --attributes.")
     run: str | None = Field(None, description="Name of the embeddings run (default: derived from model + dataset).")
 
 
 class IndexConfig(_Section):
-    factory: str = Field("Flat", description="faiss.index_factory string, e.g. Flat, HNSW32, IVF256,Flat.")
+    factory: str = Field("Flat", description="faiss.index_factory string, e.g. Flat, HNSW32, IVF256,Flat, IVF256,PQ32.")
     metric: Literal["ip", "cosine", "l2"] = "cosine"
+    nprobe: int | None = Field(None, ge=1, description="IVF lists probed per query (None: 1/16 of the lists, at least 8).")
+    ef_search: int | None = Field(None, ge=1, description="HNSW efSearch (None: 128).")
+    recall_sample: int = Field(1000, ge=0, description="Indexed vectors used as queries to measure recall@10 "
+                               "against exact search at build time (0: skip).")
 
 
 class SRSConfig(_Section):
-    model: Literal["sasrec"] = "sasrec"
-    sources: list[Literal["id", "llmemb"]] = Field(default_factory=lambda: ["id", "llmemb"])
+    model: Literal["sasrec", "gru4rec", "bert4rec"] = "sasrec"
+    sources: list[Literal["id", "llm-frozen", "llmemb", "ger", "tslrec"]] = Field(default_factory=lambda: ["id", "llmemb"])
+    loss: Literal["bce", "ce"] | None = Field(
+        None, description="sasrec/gru4rec: bce (one sampled negative) or ce (full softmax); None: bce. bert4rec: ce (cloze) only.")
+    mask_prob: float = Field(0.2, gt=0, lt=1, description="BERT4Rec cloze masking probability.")
+    ranking: Literal["full", "sampled"] = Field("full", description="full: all items; sampled: 1 positive + 100 sampled negatives.")
+    align_alpha: float = Field(0.01, ge=0, description="LLMEmb alignment loss weight (0: the 'no alignment' ablation).")
+    align_gamma: float = Field(1.0, gt=0, description="LLMEmb alignment InfoNCE temperature.")
+    llmemb_adapter: bool = Field(True, description="False: LLMEmb 'no adapter' ablation (PCA straight to hidden_size).")
+    llmemb_freeze: bool = Field(True, description="False: LLMEmb 'unfrozen LLM emb' ablation (PCA'd embeddings trained).")
+    tslrec_clusters: int = Field(16, ge=2, description="TSLRec latent categories (k-means of the ID model's items).")
     hidden_size: int = Field(64, ge=8)
     max_len: int = Field(50, ge=2)
     num_layers: int = Field(2, ge=1)
@@ -104,6 +120,28 @@ class SRSConfig(_Section):
             raise ValueError("list at least one embedding source")
         return v
 
+    @model_validator(mode="after")
+    def _loss_fits_model(self) -> "SRSConfig":
+        if self.model == "bert4rec" and self.loss == "bce":
+            raise ValueError("bert4rec trains with its cloze cross-entropy: use loss: ce or leave it unset")
+        return self
+
+    @property
+    def resolved_loss(self) -> str:
+        return self.loss or ("ce" if self.model == "bert4rec" else "bce")
+
+
+class ServeConfig(_Section):
+    host: str = Field("127.0.0.1", description="Interface the HTTP service binds (0.0.0.0 to serve other machines).")
+    port: int = Field(8000, ge=1, le=65535)
+    token: SecretStr | None = Field(None, description="Bearer token the query endpoints require (None: no auth; "
+                                    "falls back to $GUIDEDREC_TOKEN, to keep it out of this file).")
+    poll_seconds: float = Field(5.0, gt=0, description="How often storage is checked for a new CURRENT index or SRS model.")
+    max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
+    model_source: str | None = Field(
+        None, description="Embedding source of the SRS model /recommend uses, e.g. id (None: llmemb if "
+        "published, else id, else any).")
+
 
 class Config(_Section):
     ray: RayConfig = RayConfig()
@@ -113,6 +151,7 @@ class Config(_Section):
     embed: EmbedConfig = EmbedConfig()
     index: IndexConfig = IndexConfig()
     srs: SRSConfig = SRSConfig()
+    serve: ServeConfig = ServeConfig()
 
 
 def _format(err: ValidationError, source: str) -> str:

@@ -111,9 +111,9 @@ class Store:
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))
 
-    def write_parquet(self, rel: str, table: pa.Table) -> None:
+    def write_parquet(self, rel: str, table: pa.Table, row_group_size: int | None = None) -> None:
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
+        pq.write_table(table, sink, row_group_size=row_group_size)
         self.write_bytes(rel, sink.getvalue().to_pybytes())
 
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:

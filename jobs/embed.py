@@ -18,78 +18,160 @@ from cluster import Config, Store, init_ray, load_config, store_from_config
 from cluster.runtime import node_cpus
 from jobs.ingest import catalog_dir, publish_catalog
 from llm.engines import pick_engine
-from llm.stages import EmbedStage, PromptStage
+from llm.adapters import check_adapter
+from llm.attributes import attributes_for, normalize, raw_scores
+from llm.stages import BlockEmbedder, count_blocks, part_name
 
 
-def run_name(cfg: Config) -> str:
-    return cfg.embed.run or f"{Path(cfg.dataset.name).name}-{Path(cfg.model.path).name}-base"
+def run_name(cfg: Config, adapters: dict[str, str] | None = None, attributes: bool = False) -> str:
+    tag = ("+".join(sorted(adapters)) if adapters else "base") + ("-attrs" if attributes else "")
+    return cfg.embed.run or f"{Path(cfg.dataset.name).name}-{Path(cfg.model.path).name}-{tag}"
 
 
 def _actor_resources(cfg: Config) -> dict:
-    """CPUs per actor, capped so read/write tasks always keep a CPU (a full pool deadlocks Ray Data)."""
+    """CPUs per actor, capped so the driver's own tasks always keep a CPU (a full pool deadlocks Ray Data)."""
     if cfg.embed.gpus_per_actor > 0:
         return {"num_gpus": cfg.embed.gpus_per_actor, "num_cpus": min(cfg.embed.cpus_per_actor, 1.0)}
     free = max(node_cpus() - 1.0, 0.5)
     return {"num_cpus": min(cfg.embed.cpus_per_actor, free / cfg.embed.actors)}
 
 
-def run_embed(cfg: Config, store: Store | None = None, overwrite: bool = False) -> dict:
-    """Embed the configured catalog; returns the summary (also printed). Skips a committed run."""
+def parse_adapters(specs: list[str] | None) -> dict[str, str]:
+    """`name=path` pairs (or a bare path, named after its folder) -> {name: path}, checked before any work."""
+    adapters: dict[str, str] = {}
+    for spec in specs or []:
+        name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"adapter name {name!r} in {spec!r}: use letters, digits, '-' or '_'")
+        if name in adapters:
+            raise ValueError(f"adapter name {name!r} is given twice")
+        adapters[name] = path
+    return adapters
+
+
+def embed_items(cfg: Config, store: Store, items_rel: str, out_rel: str, domain: str,
+                adapters: dict[str, str] | None = None, resume: bool = False,
+                attributes: list[str] | None = None) -> dict:
+    """Embed every row of the items Parquet at `items_rel` (once per adapter, or with the base model)
+    into part files under `out_rel`, one per input block; not committed. With `resume`, blocks
+    whose part file exists are skipped, otherwise the directory starts empty.
+
+    Returns timings: start-up (until the first block is done, less its compute) apart from the
+    steady-state items/s measured between block completions."""
+    import ray
+    from tqdm import tqdm
+
+    init_ray(cfg.ray)
+    adapters = adapters or {}
+    for name, path in adapters.items():
+        check_adapter(path, cfg.model, name)
+    if not resume:
+        store.delete_dir(out_rel)
+    done = set(store.list(out_rel))
+    blocks = count_blocks(store, items_rel)
+    names = sorted(adapters) or [""]
+    tasks = [{"block": b, "adapter": a} for b in range(len(blocks)) for a in names
+             if part_name(b, a or None) not in done]
+    total = sum(blocks) * len(names)
+    if not tasks:
+        return {"rows": 0, "startup_s": 0.0, "steady_items_s": None}
+    started = time.perf_counter()
+    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+    ds = ds.map_batches(
+        BlockEmbedder,
+        fn_constructor_kwargs={"model_cfg": cfg.model, "threads": cfg.embed.threads_per_actor, "store": store,
+                               "items_rel": items_rel, "out_rel": out_rel, "domain": domain,
+                               "batch_size": cfg.embed.batch_size, "adapters": adapters,
+                               "attributes": attributes},
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.embed.actors, len(tasks))),
+        batch_size=1,
+        max_restarts=-1,  # a dead actor is replaced and its block retried: parts are overwritten, never doubled
+        max_task_retries=-1,
+        **_actor_resources(cfg),
+    )
+    initial = total - sum(blocks[t["block"]] for t in tasks)
+    arrivals, rows, first_compute = [], [], 0.0
+    with tqdm(total=total, initial=initial, unit="item", desc="embed", mininterval=2, smoothing=0.1) as bar:
+        for row in ds.iter_rows():
+            arrivals.append(time.perf_counter())
+            rows.append(int(row["rows"]))
+            first_compute = first_compute or float(row["seconds"])
+            bar.update(rows[-1])
+    steady = sum(rows[1:]) / (arrivals[-1] - arrivals[0]) if len(rows) > 1 else rows[0] / first_compute
+    return {"rows": sum(rows), "startup_s": round(arrivals[0] - started - first_compute, 2),
+            "steady_items_s": round(steady, 2)}
+
+
+def commit_run(cfg: Config, store: Store, run: str, *, catalog_rel: str, expected_rows: int, started: float,
+               parent: str | None = None, extra: dict | None = None) -> dict:
+    """Check the run's part files hold each (item, adapter) exactly once, then write its manifest (the commit)."""
+    out = f"embeddings/{run}"
+    parts = [n for n in store.list(out) if n.endswith(".parquet")]
+    table = store.read_parquet(out)
+    keys = set(zip(table["item_id"].to_pylist(), table["adapter"].to_pylist()))
+    if table.num_rows != expected_rows or len(keys) != expected_rows:
+        raise RuntimeError(f"embeddings run {run} holds {table.num_rows} rows ({len(keys)} unique) "
+                           f"for {expected_rows} expected: not committed")
+    seconds = time.time() - started
+    summary = {
+        "run": run, "uri": store.full_uri(out), "catalog": catalog_rel, "model": cfg.model.path,
+        "engine": pick_engine(cfg.model), "adapters": sorted({a for a in table["adapter"].to_pylist() if a}),
+        "parent": parent, "rows": table.num_rows, "dims": table.schema.field("embedding").type.list_size,
+        "truncated": int(sum(table["truncated"].to_pylist())), "seconds": round(seconds, 2),
+        "items_per_s": round(table.num_rows / seconds, 2),
+        "parts": {n: hashlib.sha256(store.read_bytes(f"{out}/{n}")).hexdigest() for n in parts},
+        **(extra or {}),
+    }
+    if "attributes" in table.column_names:
+        summary["attributes"] = _attribute_stats(table, extra["attribute_names"])
+    store.commit(out, summary)
+    return summary
+
+
+def _attribute_stats(table, names: list[str]) -> dict:
+    """Per-attribute mean/std over the scored rows (readers z-score with them) and the failures."""
+    raw = raw_scores(table["attributes"].to_pylist(), len(names))
+    _, mean, std = normalize(raw)
+    failed = [e for e in table["attributes_error"].to_pylist() if e]
+    return {"names": names, "mean": mean, "std": std, "scored": int(len(raw) - len(failed)), "failed": len(failed)}
+
+
+def run_embed(cfg: Config, store: Store | None = None, overwrite: bool = False,
+              adapters: dict[str, str] | None = None, resume: bool = False, attributes: bool = False) -> dict:
+    """Embed the configured catalog (and with `attributes`, score the GER attributes); returns the
+    summary (also printed). Skips a committed run."""
     store = store or store_from_config(cfg)
-    run = run_name(cfg)
+    run = run_name(cfg, adapters, attributes)
     out = f"embeddings/{run}"
     if store.is_committed(out) and not overwrite:
         print(f"embeddings run {store.full_uri(out)} is already committed: nothing to do", flush=True)
         return store.manifest(out)
-    init_ray(cfg.ray)
     started = time.time()
     cat_dir = catalog_dir(cfg)
     if not store.is_committed(cat_dir):
         publish_catalog(cfg, store)
-    cat_manifest = store.manifest(cat_dir)
-    store.delete_dir(out)  # leftovers of an uncommitted attempt
-
-    import ray
-
-    ds = ray.data.read_parquet(store.path(f"{cat_dir}/items.parquet"), filesystem=store.fs)
-    ds = ds.map_batches(PromptStage(cat_manifest["domain"]), batch_format="pyarrow", batch_size=cfg.embed.batch_size)
-    ds = ds.map_batches(
-        EmbedStage,
-        fn_constructor_kwargs={"model_cfg": cfg.model, "threads": cfg.embed.threads_per_actor,
-                               "model_id": cfg.model.path},
-        compute=ray.data.ActorPoolStrategy(size=cfg.embed.actors),
-        batch_size=cfg.embed.batch_size,
-        batch_format="pyarrow",
-        **_actor_resources(cfg),
-    )
-    ds.write_parquet(store.path(out), filesystem=store.fs)
-
-    parts = [n for n in store.list(out) if n.endswith(".parquet")]
-    table = store.read_parquet(out)
-    dims = table.schema.field("embedding").type.list_size
-    seconds = time.time() - started
-    summary = {
-        "run": run, "uri": store.full_uri(out), "catalog": f"{cat_dir}/items.parquet", "catalog_dir": cat_dir,
-        "model": cfg.model.path, "engine": pick_engine(cfg.model), "adapter": None, "parent": None,
-        "rows": table.num_rows, "dims": dims, "truncated": int(sum(table["truncated"].to_pylist())),
-        "quarantined": cat_manifest["quarantined"], "seconds": round(seconds, 2),
-        "items_per_s": round(table.num_rows / seconds, 2), "schema": str(table.schema),
-        "parts": {n: hashlib.sha256(store.read_bytes(f"{out}/{n}")).hexdigest() for n in parts},
-    }
-    if table.num_rows != cat_manifest["items"]:
-        raise RuntimeError(f"embedding run {run} has {table.num_rows} rows for {cat_manifest['items']} items: not committed")
-    store.commit(out, summary)
-    print(f"embed: {summary['rows']} items ({summary['quarantined']} quarantined, {summary['truncated']} truncated) "
-          f"in {summary['seconds']} s = {summary['items_per_s']} items/s -> {summary['uri']}", flush=True)
+    cat = store.manifest(cat_dir)
+    names = attributes_for(cat["domain"], cfg.embed.attributes) if attributes else None
+    timing = embed_items(cfg, store, f"{cat_dir}/items.parquet", out, cat["domain"], adapters,
+                         resume=resume and not overwrite, attributes=names)
+    summary = commit_run(cfg, store, run, catalog_rel=f"{cat_dir}/items.parquet",
+                         expected_rows=cat["items"] * max(len(adapters or {}), 1), started=started,
+                         extra={"quarantined": cat["quarantined"], "attribute_names": names, **timing})
+    print(f"embed: {summary['rows']} rows, {summary['quarantined']} quarantined, {summary['truncated']} truncated, "
+          f"{summary['seconds']} s ({summary['startup_s']} s start-up, steady {summary['steady_items_s']} items/s) "
+          f"-> {summary['uri']}", flush=True)
     return summary
 
 
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
          dataset: str = typer.Option(None, help="Override dataset.name"),
+         adapter: list[str] = typer.Option(None, help="LoRA adapter as name=path (repeatable); rows record it"),
+         resume: bool = typer.Option(False, help="Keep the part files of an interrupted run; embed only the rest"),
+         attributes: bool = typer.Option(False, help="Also score the GER attributes (embed.attributes or the domain's list)"),
          overwrite: bool = typer.Option(False, help="Re-embed even if the run is committed")) -> None:
     """Embed every catalog item with the configured LLM and commit the run to storage."""
     cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
-    run_embed(cfg, overwrite=overwrite)
+    run_embed(cfg, overwrite=overwrite, adapters=parse_adapters(adapter), resume=resume, attributes=attributes)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ def publish_catalog(cfg: Config, store: Store) -> tuple[str, Catalog]:
     """Write the loaded catalog under catalog/<name>/ and commit it; returns the directory."""
     cat = load_catalog(cfg.dataset)
     rel = catalog_dir(cfg)
-    store.write_parquet(f"{rel}/items.parquet", cat.items)
+    # Row groups are the embedding job's input blocks (its unit of work and of resume).
+    store.write_parquet(f"{rel}/items.parquet", cat.items, row_group_size=cfg.embed.block_size)
     store.write_parquet(f"{rel}/interactions.parquet", cat.interactions)
     store.write_parquet(f"{rel}/quarantine.parquet", cat.quarantine)
     store.commit(rel, {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import typer
 
 from catalog import user_sequences
@@ -36,11 +37,23 @@ def run_train(cfg: Config, store: Store | None = None) -> dict[str, dict[str, fl
     results: dict[str, dict[str, float]] = {"popularity": popularity_metrics(sequences)}
     for source in cfg.srs.sources:
         vectors = aligned_vectors(store, run, item_ids) if source != "id" else None
-        result = train_srs(sequences, item_ids, cfg.srs, source, item_embeddings=vectors)
+        result = train_srs(sequences, item_ids, cfg.srs, source, item_embeddings=vectors,
+                           storage_path=store.path(f"ray-train/{run}"), storage_filesystem=store.fs)
+        publish_model(store, f"models/{run}/{source}", result, item_ids)
         results[source] = {**result.test, "epochs": result.epochs, "seconds": round(result.seconds, 1)}
     store.write_json(f"reports/{run}/metrics.json", results)
     print(format_table(results), flush=True)
     return results
+
+
+def publish_model(store: Store, rel: str, result, item_ids: list[str]) -> None:
+    """Copy the best checkpoint to a stable, committed place the query service loads from."""
+    for name in ("model.safetensors", "srs.json"):
+        with store.fs.open_input_stream(f"{result.checkpoint}/{name}") as f:
+            store.write_bytes(f"{rel}/{name}", f.read())
+    store.write_parquet(f"{rel}/items.parquet", pa.table({"item_id": pa.array(item_ids, pa.string())}))
+    store.commit(rel, {"test": result.test, "valid": result.valid, "best_epoch": result.best_epoch,
+                       "items": len(item_ids), "files": ["model.safetensors", "srs.json", "items.parquet"]})
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:

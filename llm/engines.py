@@ -70,14 +70,17 @@ class Engine:
     def embed_ids(self, ids: list[list[int]], adapter: Adapter | None = None) -> np.ndarray:
         raise NotImplementedError
 
-    def generate_ids(self, ids: list[list[int]], max_new_tokens: int, adapter: Adapter | None = None) -> list[str]:
+    def generate_ids(self, ids: list[list[int]], max_new_tokens: int, adapter: Adapter | None = None,
+                     json_schema: dict | None = None) -> list[str]:
         raise NotImplementedError
 
     def embed(self, prompts: list[str], adapter: Adapter | None = None) -> np.ndarray:
         return self.embed_ids(self.tokenize(prompts).ids, adapter)
 
-    def generate(self, prompts: list[str], max_new_tokens: int = 64, adapter: Adapter | None = None) -> list[str]:
-        return self.generate_ids(self.tokenize(prompts).ids, max_new_tokens, adapter)
+    def generate(self, prompts: list[str], max_new_tokens: int = 64, adapter: Adapter | None = None,
+                 json_schema: dict | None = None) -> list[str]:
+        """Greedy completions; with `json_schema`, decoding is constrained to JSON matching it."""
+        return self.generate_ids(self.tokenize(prompts).ids, max_new_tokens, adapter, json_schema)
 
 
 class HFEngine(Engine):
@@ -141,18 +144,39 @@ class HFEngine(Engine):
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
         return pooled.cpu().numpy().astype(np.float32)
 
-    def generate_ids(self, ids: list[list[int]], max_new_tokens: int, adapter: Adapter | None = None) -> list[str]:
+    def generate_ids(self, ids: list[list[int]], max_new_tokens: int, adapter: Adapter | None = None,
+                     json_schema: dict | None = None) -> list[str]:
         import torch
 
         model = self._with_adapter(adapter)
+        grammar = self._compile(json_schema) if json_schema else None
         texts = []
         with torch.inference_mode():
             for x in ids:  # one at a time: no left-padding subtleties, and CPU batches are small
                 inp = torch.tensor([x], device=self.device)
+                processors = [_xgrammar_processor(grammar)] if grammar else None
                 out = model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new_tokens,
-                                     do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+                                     do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+                                     logits_processor=processors)
                 texts.append(self.tokenizer.decode(out[0, len(x):], skip_special_tokens=True))
         return texts
+
+    def _compile(self, schema: dict):
+        """The schema as an xgrammar grammar (the same backend vLLM's structured outputs use)."""
+        import json
+
+        import xgrammar as xgr
+
+        if not hasattr(self, "_grammar_compiler"):
+            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.vocab_size)
+            self._grammar_compiler = xgr.GrammarCompiler(info)
+        return self._grammar_compiler.compile_json_schema(json.dumps(schema))
+
+
+def _xgrammar_processor(grammar):
+    import xgrammar.contrib.hf
+
+    return xgrammar.contrib.hf.LogitsProcessor(grammar)  # single use: one per generate() call
 
 
 class _BaseOnly:
@@ -225,11 +249,14 @@ class VLLMEngine(Engine):
         outs = self._llm("pooling").embed(prompts, lora_request=self._lora(adapter), use_tqdm=False)
         return np.asarray([o.outputs.embedding for o in outs], dtype=np.float32)
 
-    def generate_ids(self, ids: list[list[int]], max_new_tokens: int, adapter: Adapter | None = None) -> list[str]:
+    def generate_ids(self, ids: list[list[int]], max_new_tokens: int, adapter: Adapter | None = None,
+                     json_schema: dict | None = None) -> list[str]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import StructuredOutputsParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        structured = StructuredOutputsParams(json=json_schema) if json_schema else None
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, structured_outputs=structured)
         prompts = [TokensPrompt(prompt_token_ids=x) for x in ids]
         outs = self._llm("generate").generate(prompts, params, lora_request=self._lora(adapter), use_tqdm=False)
         return [o.outputs[0].text for o in outs]

@@ -6,14 +6,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cluster.storage import Store
+from llm.attributes import raw_scores
 
 
-def read_run(store: Store, run: str) -> tuple[list[str], np.ndarray, dict]:
-    """(item ids, [n, d] vectors, manifest) of embeddings/<run>; refuses an uncommitted or malformed run."""
+def read_run(store: Store, run: str, adapter: str | None = None) -> tuple[list[str], np.ndarray, dict]:
+    """(item ids, [n, d] vectors, manifest) of embeddings/<run>, rows of one adapter (None: the run's
+    only one); refuses an uncommitted or malformed run."""
     rel = f"embeddings/{run}"
-    manifest = store.manifest(rel)  # StorageError unless committed
-    table = store.read_parquet(rel, columns=["item_id", "embedding"])
     where = store.full_uri(rel)
+    manifest = store.manifest(rel)  # StorageError unless committed
+    table = store.read_parquet(rel, columns=["item_id", "embedding", "adapter"])
+    adapters = manifest.get("adapters") or []
+    if adapter is None and len(adapters) > 1:
+        raise ValueError(f"{where} holds adapters {adapters}: name one")
+    if adapter is not None and adapter not in adapters:
+        raise ValueError(f"{where} has no adapter {adapter!r} (it holds {adapters or 'the base model only'})")
+    if adapters:
+        table = table.filter(pc.equal(table["adapter"], adapter or adapters[0]))
     emb_type = table.schema.field("embedding").type
     if not pa.types.is_fixed_size_list(emb_type) or not pa.types.is_floating(emb_type.value_type):
         raise ValueError(f"{where}: embedding must be fixed_size_list<float>, got {emb_type}")
@@ -35,3 +44,15 @@ def aligned_vectors(store: Store, run: str, item_ids: list[str]) -> np.ndarray:
     if missing:
         raise KeyError(f"embeddings run {run} lacks {len(missing)} catalog items, e.g. {missing[:3]}")
     return vectors[[pos[i] for i in item_ids]]
+
+
+def read_attributes(store: Store, run: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """(item ids, [n, A] z-scored GER attribute scores with NaN where scoring failed, attribute names)."""
+    rel = f"embeddings/{run}"
+    stats = store.manifest(rel).get("attributes")
+    if not stats:
+        raise ValueError(f"{store.full_uri(rel)} has no attribute scores: embed with --attributes")
+    table = store.read_parquet(rel, columns=["item_id", "attributes"])
+    raw = raw_scores(table["attributes"].to_pylist(), len(stats["names"]))
+    z = (raw - np.asarray(stats["mean"], np.float32)) / np.asarray(stats["std"], np.float32)
+    return table["item_id"].to_pylist(), z, stats["names"]

@@ -1,68 +1,113 @@
-"""Ray Data stages of the embedding job: catalog rows -> prompts -> engine -> embedding rows.
+"""The embedding job's worker: one engine per actor, one input block per task.
 
-Each stage is a small callable over pyarrow batches that declares the columns it produces,
-after Ray Data LLM's processor stages. The engine stage is a class so Ray builds it once per
-actor (one model load per actor).
+An input block is a row group of the published items Parquet file. Each task reads its block,
+builds the LLMEmb prompts, embeds them (sorted by token length so each forward pass pads
+little), and writes exactly one part file named after the block (and adapter). Part names are
+deterministic, so a retried or resumed block overwrites instead of duplicating, and a rerun
+after a crash skips the blocks already written: the final run is the same as an uninterrupted one.
 """
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cluster.config import ModelConfig
+from cluster.storage import Store
 from llm.engines import Adapter, build_engine
 
-EMBEDDING_COLUMNS = ["item_id", "content_hash", "embedding", "truncated", "model", "adapter"]
 
-
-def embedding_schema(dims: int) -> pa.Schema:
-    """The embeddings-run contract (DESIGN.md): one row per item, a fixed-size float32 vector."""
-    return pa.schema([
+def embedding_schema(dims: int, n_attributes: int = 0) -> pa.Schema:
+    """The embeddings-run contract (DESIGN.md): one row per item and adapter, a fixed-size float32
+    vector, and with attribute scoring the raw 1-10 scores (null on failure, with the reason)."""
+    fields = [
         ("item_id", pa.string()),
         ("content_hash", pa.string()),
         ("embedding", pa.list_(pa.float32(), dims)),
         ("truncated", pa.bool_()),
         ("model", pa.string()),
         ("adapter", pa.string()),
-    ])
+    ]
+    if n_attributes:
+        fields += [("attributes", pa.list_(pa.float32(), n_attributes)), ("attributes_error", pa.string())]
+    return pa.schema(fields)
 
 
-class PromptStage:
-    """Adds the LLMEmb item prompt ("The <domain> item has the following attributes: ...")."""
+def part_name(block: int, adapter: str | None) -> str:
+    return f"part-{block:06d}" + (f"-{adapter}" if adapter else "") + ".parquet"
 
-    def __init__(self, domain: str):
-        self.domain = domain
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+def read_block(store: Store, items_rel: str, block: int) -> pa.Table:
+    with store.fs.open_input_file(store.path(items_rel)) as f:
+        return pq.ParquetFile(f).read_row_group(block)
+
+
+def count_blocks(store: Store, items_rel: str) -> list[int]:
+    """Rows per input block (row group) of the items file: the job's unit of work and of resume."""
+    with store.fs.open_input_file(store.path(items_rel)) as f:
+        meta = pq.ParquetFile(f).metadata
+        return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
+class BlockEmbedder:
+    """Holds one engine (one model load per actor); embeds and writes whole input blocks."""
+
+    def __init__(self, model_cfg: ModelConfig, threads: int, store: Store, items_rel: str, out_rel: str,
+                 domain: str, batch_size: int, adapters: dict[str, str], attributes: list[str] | None = None):
+        self.engine = build_engine(model_cfg, threads)
+        self.model_id = model_cfg.path
+        self.store, self.items_rel, self.out_rel = store, items_rel, out_rel
+        self.domain, self.batch_size = domain, batch_size
+        self.adapters = {name: Adapter(name, path, i + 1) for i, (name, path) in enumerate(sorted(adapters.items()))}
+        self.attributes = attributes or []
+
+    def __call__(self, tasks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        stats = {"block": [], "adapter": [], "rows": [], "truncated": [], "seconds": []}
+        for block, adapter in zip(tasks["block"].tolist(), tasks["adapter"].tolist()):
+            started = time.perf_counter()
+            table = self.embed_block(int(block), adapter or None)
+            self.store.write_parquet(f"{self.out_rel}/{part_name(int(block), adapter or None)}", table)
+            for key, value in (("block", block), ("adapter", adapter), ("rows", table.num_rows),
+                               ("truncated", int(pa.compute.sum(table["truncated"]).as_py() or 0)),
+                               ("seconds", time.perf_counter() - started)):
+                stats[key].append(value)
+        return {k: np.asarray(v) for k, v in stats.items()}
+
+    def embed_block(self, block: int, adapter_name: str | None) -> pa.Table:
         from catalog import item_prompt
 
-        prompts = [item_prompt(row, self.domain) for row in batch.to_pylist()]
-        return pa.table({"item_id": batch["item_id"], "content_hash": batch["content_hash"],
-                         "prompt": pa.array(prompts, pa.string())})
-
-
-class EmbedStage:
-    """Holds one engine; embeds a batch of prompts with mean pooling, optionally through a LoRA adapter."""
-
-    def __init__(self, model_cfg: ModelConfig, threads: int, model_id: str, adapter: Adapter | None = None):
-        self.engine = build_engine(model_cfg, threads)
-        self.model_id = model_id
-        self.adapter = adapter
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        tok = self.engine.tokenize(batch["prompt"].to_pylist())
-        # Similar lengths together: less padding per forward pass.
-        order = sorted(range(len(tok.ids)), key=lambda i: len(tok.ids[i]))
-        vectors = self.engine.embed_ids([tok.ids[i] for i in order], self.adapter)
-        rows = [0] * len(order)
-        for pos, i in enumerate(order):
-            rows[i] = pos
-        vectors = vectors[rows]
+        items = read_block(self.store, self.items_rel, block)
+        prompts = [item_prompt(row, self.domain) for row in items.to_pylist()]
+        tok = self.engine.tokenize(prompts)
+        adapter = self.adapters[adapter_name] if adapter_name else None
+        order = np.argsort([len(x) for x in tok.ids], kind="stable")
+        vectors = np.zeros((len(prompts), self.engine.hidden_size), np.float32)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            vectors[rows] = self.engine.embed_ids([tok.ids[i] for i in rows], adapter)
         n, d = vectors.shape
-        flat = pa.array(vectors.reshape(-1), pa.float32())
-        return pa.Table.from_arrays(
-            [batch["item_id"], batch["content_hash"], pa.FixedSizeListArray.from_arrays(flat, d),
-             pa.array(tok.truncated, pa.bool_()),
-             pa.array([self.model_id] * n, pa.string()),
-             pa.array([self.adapter.name if self.adapter else None] * n, pa.string())],
-            schema=embedding_schema(d),
-        )
+        columns = [items["item_id"], items["content_hash"],
+                   pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), d),
+                   pa.array(tok.truncated, pa.bool_()), pa.array([self.model_id] * n, pa.string()),
+                   pa.array([adapter_name] * n, pa.string())]
+        if self.attributes:
+            scores, errors = self.score(prompts, adapter)
+            columns += [pa.array(scores, pa.list_(pa.float32(), len(self.attributes))), pa.array(errors, pa.string())]
+        return pa.Table.from_arrays(columns, schema=embedding_schema(d, len(self.attributes)))
+
+    def score(self, prompts: list[str], adapter: Adapter | None) -> tuple[list, list]:
+        """GER attribute scores per item: constrained generation, validated; one retry with room to finish."""
+        from llm.attributes import MAX_NEW_TOKENS, parse_scores, score_prompt, score_schema
+
+        schema = score_schema(self.attributes)
+        asks = [score_prompt(p, self.attributes) for p in prompts]
+        results = [parse_scores(t, self.attributes)
+                   for t in self.engine.generate(asks, MAX_NEW_TOKENS, adapter, json_schema=schema)]
+        failed = [i for i, (scores, _) in enumerate(results) if scores is None]
+        if failed:
+            retry = self.engine.generate([asks[i] for i in failed], 2 * MAX_NEW_TOKENS, adapter, json_schema=schema)
+            for i, text in zip(failed, retry):
+                results[i] = parse_scores(text, self.attributes)
+        return [r[0] for r in results], [r[1] for r in results]

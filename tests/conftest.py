@@ -63,3 +63,23 @@ def hf_engine():
     from llm.engines import HFEngine
 
     return HFEngine(ModelConfig(), threads=1)
+
+
+def make_lora_adapter(model_path: str, folder: Path, seed: int = 0) -> Path:
+    """A real peft LoRA adapter with random (not zero) B weights, so it changes what the model computes."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lora_adapter(tmp_path_factory) -> Path:
+    from llm.checkpoints import resolve_model_path
+
+    return make_lora_adapter(str(resolve_model_path("smollm2")), tmp_path_factory.mktemp("lora") / "tuned")

@@ -1,34 +1,47 @@
-"""The Ray Data embedding job on the embedded Ray: one row per item, exactly what the engine computes."""
+"""The Ray Data embedding job on the embedded Ray: one row per item, exactly what the engine computes,
+resumable by input block, with LoRA adapters, and safe on bad input."""
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from catalog import item_prompt
 from cluster import Store, load_config
-from jobs.embed import run_embed
+from jobs.embed import parse_adapters, run_embed
+from llm.adapters import AdapterError, check_adapter
+from llm.engines import Adapter
 from llm.runs import read_run
+
+SMALL = {"dataset.synthetic_items": 40, "dataset.synthetic_users": 80, "embed.batch_size": 8, "embed.block_size": 16}
+
+
+def _config(root, **extra):
+    return load_config(None, {"storage.uri": str(root), **SMALL, **extra})
+
+
+def _cosine(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 @pytest.fixture(scope="module")
 def embedded(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("embed")
-    cfg = load_config(None, {"storage.uri": str(root), "dataset.synthetic_items": 40, "dataset.synthetic_users": 80,
-                             "embed.batch_size": 8})
-    store = Store(str(root))
-    store.write_bytes("embeddings/synthetic-smollm2-base/stale.parquet", b"left by a crashed attempt")
+    cfg, store = _config(root), Store(str(root))
+    store.write_bytes("embeddings/synthetic-smollm2-base/part-000009.parquet", b"left by a crashed attempt")
     return cfg, store, run_embed(cfg, store)
 
 
-def test_one_row_per_item_with_the_contract_schema(embedded):
+def test_one_row_per_item_in_one_part_per_block(embedded):
     cfg, store, summary = embedded
     items = store.read_parquet("catalog/synthetic/items.parquet")
     ids, vectors, manifest = read_run(store, summary["run"])
     assert sorted(ids) == sorted(items["item_id"].to_pylist()) and len(ids) == items.num_rows
-    assert manifest["rows"] == items.num_rows and manifest["dims"] == 576
+    assert manifest["rows"] == items.num_rows and manifest["dims"] == 576 and manifest["adapters"] == []
+    assert sorted(manifest["parts"]) == ["part-000000.parquet", "part-000001.parquet", "part-000002.parquet"]
     table = store.read_parquet(f"embeddings/{summary['run']}")
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 576)
     assert set(table["model"].to_pylist()) == {"smollm2"} and set(table["adapter"].to_pylist()) == {None}
-    assert "stale.parquet" not in store.list(f"embeddings/{summary['run']}")
 
 
 def test_vectors_equal_the_engine_on_the_same_prompts(embedded, hf_engine):
@@ -37,14 +50,120 @@ def test_vectors_equal_the_engine_on_the_same_prompts(embedded, hf_engine):
     ids, vectors, _ = read_run(store, summary["run"])
     pos = {item: i for i, item in enumerate(ids)}
     direct = hf_engine.embed([item_prompt(row, "product") for row in items])
-    got = vectors[[pos[row["item_id"]] for row in items]]
-    cos = (direct * got).sum(1) / np.linalg.norm(direct, axis=1) / np.linalg.norm(got, axis=1)
-    assert cos.min() > 0.999
+    assert _cosine(direct, vectors[[pos[row["item_id"]] for row in items]]).min() > 0.999
+
+
+def test_reading_attributes_of_a_run_without_them_says_so(embedded):
+    from llm.runs import read_attributes
+
+    _, store, summary = embedded
+    with pytest.raises(ValueError, match="no attribute scores: embed with --attributes"):
+        read_attributes(store, summary["run"])
 
 
 def test_rerun_of_a_committed_run_does_nothing(embedded):
     cfg, store, summary = embedded
     before = store.read_bytes(f"embeddings/{summary['run']}/_manifest.json")
-    again = run_embed(cfg, store)
-    assert again["parts"] == summary["parts"]
+    assert run_embed(cfg, store)["parts"] == summary["parts"]
     assert store.read_bytes(f"embeddings/{summary['run']}/_manifest.json") == before
+
+
+def test_resume_embeds_only_missing_blocks_and_reproduces_the_run(embedded, tmp_path):
+    cfg, store, summary = embedded
+    crashed = Store(str(tmp_path))
+    run_dir = f"embeddings/{summary['run']}"
+    crashed.write_parquet("catalog/synthetic/items.parquet", store.read_parquet("catalog/synthetic/items.parquet"),
+                          row_group_size=cfg.embed.block_size)
+    crashed.commit("catalog/synthetic", store.manifest("catalog/synthetic"))
+    for part in ("part-000000.parquet", "part-000002.parquet"):  # the crash left two of three blocks
+        crashed.write_bytes(f"{run_dir}/{part}", store.read_bytes(f"{run_dir}/{part}"))
+    marker = crashed.read_bytes(f"{run_dir}/part-000000.parquet")
+    resumed = run_embed(_config(tmp_path), crashed, resume=True)
+    assert resumed["parts"] == summary["parts"], "the same bytes as the uninterrupted run"
+    assert crashed.read_bytes(f"{run_dir}/part-000000.parquet") == marker
+
+
+def test_adapter_changes_vectors_and_matches_peft(embedded, lora_adapter, hf_engine):
+    cfg, store, base = embedded
+    tuned = run_embed(cfg, store, adapters={"tuned": str(lora_adapter)})
+    assert tuned["run"] == "synthetic-smollm2-tuned" and tuned["adapters"] == ["tuned"]
+    ids, vectors, _ = read_run(store, tuned["run"])
+    base_ids, base_vectors, _ = read_run(store, base["run"])
+    assert ids == base_ids and _cosine(vectors, base_vectors).max() < 0.999, "the adapter changes every vector"
+    table = store.read_parquet(f"embeddings/{tuned['run']}")
+    assert set(table["adapter"].to_pylist()) == {"tuned"}
+    items = store.read_parquet("catalog/synthetic/items.parquet").to_pylist()[:5]
+    peft = hf_engine.embed([item_prompt(r, "product") for r in items], Adapter("tuned", str(lora_adapter)))
+    assert _cosine(peft, vectors[:5]).min() >= 0.99
+
+
+def test_several_adapters_in_one_run(embedded, lora_adapter, tmp_path_factory):
+    from tests.conftest import make_lora_adapter
+    from llm.checkpoints import resolve_model_path
+
+    other = make_lora_adapter(str(resolve_model_path("smollm2")), tmp_path_factory.mktemp("lora2") / "other", seed=1)
+    cfg, store, _ = embedded
+    both = run_embed(cfg, store, adapters={"tuned": str(lora_adapter), "other": str(other)})
+    assert both["adapters"] == ["other", "tuned"] and both["rows"] == 2 * 40
+    with pytest.raises(ValueError, match="name one"):
+        read_run(store, both["run"])
+    a, va, _ = read_run(store, both["run"], "tuned")
+    b, vb, _ = read_run(store, both["run"], "other")
+    assert a == b and _cosine(va, vb).max() < 0.999
+
+
+def test_bad_adapters_fail_before_any_work(tmp_path):
+    cfg = _config(tmp_path)
+    with pytest.raises(AdapterError, match="no adapter_config.json"):
+        check_adapter(str(tmp_path / "missing"), cfg.model, "ghost")
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    small = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4, vocab_size=1000))
+    get_peft_model(small, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "foreign")
+    with pytest.raises(AdapterError, match="trained for another model"):
+        check_adapter(str(tmp_path / "foreign"), cfg.model, "foreign")
+    with pytest.raises(ValueError, match="given twice"):
+        parse_adapters(["a=/x", "a=/y"])
+    assert not Store(str(tmp_path)).list("embeddings"), "nothing written"
+
+
+def test_bad_catalog_rows_are_quarantined_and_long_text_truncated(ray_local, tmp_path):
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    rows = [{"item_id": "ok", "title": "Steel camping kettle"},
+            {"item_id": "empty", "title": "   "},
+            {"item_id": "huge", "title": "Lantern", "description": "bright " * 15000},
+            {"item_id": "ok", "title": "a duplicate id"}]
+    (folder / "items.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with open(folder / "items.jsonl", "ab") as f:
+        f.write(b'{"item_id": "bad", "title": "caf\xe9 \xff broken"}\n')
+    inter = ["user_id,item_id,ts"] + [f"u{u},{i},{t}" for u in range(6) for t, i in enumerate(["ok", "huge"] * 3)]
+    (folder / "interactions.csv").write_text("\n".join(inter) + "\n")
+    cfg = load_config(None, {"storage.uri": str(tmp_path / "store"), "dataset.name": str(folder),
+                             "dataset.min_interactions": 1})
+    summary = run_embed(cfg)
+    store = Store(str(tmp_path / "store"))
+    quarantine = store.read_parquet("catalog/shop/quarantine.parquet").to_pylist()
+    assert {(q["item_id"], q["reason"].split(":")[0]) for q in quarantine} >= {("empty", "no text"), ("ok", "duplicate item_id")}
+    assert any(q["reason"] == "invalid utf-8" for q in quarantine)
+    assert summary["rows"] == 2 and summary["quarantined"] == len(quarantine) and summary["truncated"] == 1
+
+
+@pytest.mark.slow
+def test_attribute_scores_are_stored_beside_embeddings(ray_local, tmp_path):
+    from llm.runs import read_attributes
+
+    names = ["durability", "price level", "ease of use"]
+    cfg = _config(tmp_path, **{"dataset.synthetic_items": 24, "embed.attributes": names, "dataset.min_interactions": 1})
+    summary = run_embed(cfg, attributes=True)
+    assert summary["run"].endswith("-base-attrs")
+    stats = summary["attributes"]
+    assert stats["names"] == names and stats["scored"] + stats["failed"] == summary["rows"]
+    table = Store(str(tmp_path)).read_parquet(f"embeddings/{summary['run']}")
+    for scores, error in zip(table["attributes"].to_pylist(), table["attributes_error"].to_pylist()):
+        assert (scores is None) == (error is not None), "a failure is null with a reason, never filled in"
+        assert scores is None or all(1 <= s <= 10 for s in scores)
+    ids, z, got_names = read_attributes(Store(str(tmp_path)), summary["run"])
+    assert got_names == names and z.shape == (summary["rows"], 3) and len(ids) == summary["rows"]

@@ -56,3 +56,33 @@ def test_vllm_and_hf_generate_the_same_greedy_text(hf_engine, vllm_engine):
     h, v = hf_engine.generate(prompt, 6), vllm_engine.generate(prompt, 6)
     assert h[0].strip() and v[0].strip()
     assert h[0].split()[:2] == v[0].split()[:2], (h, v)  # bf16 vs fp32 may drift later in the text
+
+
+def test_adapter_changes_embeddings_and_base_stays_intact(hf_engine, lora_adapter):
+    from llm.engines import Adapter
+
+    base = hf_engine.embed(PROMPTS)
+    tuned = hf_engine.embed(PROMPTS, Adapter("tuned", str(lora_adapter)))
+    assert _cosine(base, tuned).max() < 0.999
+    assert np.allclose(hf_engine.embed(PROMPTS), base, atol=1e-4), "base model unchanged after loading an adapter"
+
+
+@pytest.mark.slow
+def test_vllm_lora_matches_peft(hf_engine, vllm_engine, lora_adapter):
+    from llm.engines import Adapter
+
+    adapter = Adapter("tuned", str(lora_adapter))
+    assert _cosine(hf_engine.embed(PROMPTS, adapter), vllm_engine.embed(PROMPTS, adapter)).min() >= 0.99
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine_name", ["hf", "vllm"])
+def test_attribute_scores_are_schema_constrained(engine_name, hf_engine, vllm_engine):
+    from llm.attributes import MAX_NEW_TOKENS, attributes_for, parse_scores, score_prompt, score_schema
+
+    engine = hf_engine if engine_name == "hf" else vllm_engine
+    names = attributes_for("movie")[:4]
+    asks = [score_prompt(p, names) for p in PROMPTS[:2]]
+    for text in engine.generate(asks, MAX_NEW_TOKENS, json_schema=score_schema(names)):
+        scores, reason = parse_scores(text, names)
+        assert reason is None and len(scores) == 4 and all(1 <= s <= 10 for s in scores), text
