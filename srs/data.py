@@ -18,7 +18,6 @@ from torch.utils.data import Sampler
 from catalog import leave_one_out
 
 
-
 def pad_left(rows: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
     """[len(rows), max_len] int64: the last max_len entries of each row, zeros in front."""
     out = np.zeros((len(rows), max_len), dtype=np.int64)
@@ -156,11 +155,12 @@ class BucketBatchSampler(Sampler[list[int]]):
 
 
 class TrainBatch(NamedTuple):
-    """Inputs, next-item targets and one sampled negative per position, all [B, L], 0 = pad."""
+    """Inputs, next-item targets and (for BCE) one sampled negative per position, all [B, L],
+    0 = pad. `targets` rows are also the full training sequences (BERT4Rec's cloze input)."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
-    negatives: torch.Tensor
+    negatives: torch.Tensor | None = None
 
 
 def sample_negatives(

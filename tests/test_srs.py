@@ -1,4 +1,5 @@
-"""srs: split, tensors, metrics by hand, LLMEmb's PCA + adapter, SASRec, and training through Ray."""
+"""srs: split, tensors, metrics by hand (full, sampled, tail), item sources x backbones, training
+in-process (every backbone) and through Ray (SASRec id, then LLMEmb aligned to it)."""
 from __future__ import annotations
 
 import math
@@ -9,10 +10,11 @@ import pytest
 import torch
 
 from cluster.config import SRSConfig
-from srs import METRICS, popularity_baseline, popularity_metrics, summarize, target_ranks, train_srs
+from srs import ALL_METRICS, METRICS, MODELS, SOURCES, popularity_baseline, popularity_metrics, summarize, target_ranks, train_srs
 from srs.data import BucketBatchSampler, Ragged, TrainBatch, build_tensors, sample_negatives
-from srs.fusion import LLMEmbAdapter, build_item_embedding
-from srs.train import build_model
+from srs.fusion import LLMEmbAdapter, SourceInputs, build_item_embedding, latent_categories
+from srs.metrics import report, sample_candidates, sampled_ranks, tail_items
+from srs.train import build_model, fit
 
 N_ITEMS = 200
 
@@ -106,6 +108,39 @@ def test_ties_count_against_the_target():
     assert ranks.tolist() == [9]
 
 
+def test_sampled_ranks_count_only_the_candidates():
+    scores = torch.tensor([[9.0, 1.0, 5.0, 3.0, 4.0, 2.0, 7.0]]).repeat(3, 1)  # column 0 = padding
+    targets = torch.tensor([4, 4, 1])
+    candidates = torch.tensor([[1, 5, 3], [2, 6, 3], [2, 3, 5]])  # above 4.0: none / 5 and 7 / all
+    assert sampled_ranks(scores, targets, candidates).tolist() == [0, 2, 3]
+    tied = sampled_ranks(torch.zeros(1, 5), torch.tensor([1]), torch.tensor([[2, 3]]))
+    assert tied.tolist() == [2]  # ties count against the target
+
+
+def test_sample_candidates_are_distinct_non_interacted_and_fixed():
+    history = Ragged.from_rows([[1, 2, 3], [4, 4], list(range(1, 26))])
+    targets = np.array([5, 6, 26])
+    a = sample_candidates(history, targets, n_items=130, n=100)
+    assert a.shape == (3, 100)
+    for row, seen in zip(a, ({1, 2, 3, 5}, {4, 6}, set(range(1, 27)))):
+        assert len(set(row)) == 100 and not set(row) & seen and row.min() >= 1 and row.max() <= 130
+    np.testing.assert_array_equal(a, sample_candidates(history, targets, n_items=130, n=100))
+    with pytest.raises(ValueError, match="non-interacted"):
+        sample_candidates(history, targets, n_items=110, n=100)
+
+
+def test_tail_is_the_80_percent_least_popular_and_reported_apart():
+    counts = [0, 9, 8, 7, 1, 1, 0, 2, 3, 1, 1]  # items 1..10; head = top 2 = items 1, 2
+    train = Ragged.from_rows([[i] * c for i, c in enumerate(counts) if c])
+    tail = tail_items(train, n_items=10)
+    assert not tail[0] and not tail[1] and not tail[2] and tail[3:].all()
+    ranks = torch.tensor([0, 4, 30])
+    m = report(ranks, np.array([1, 3, 7]), tail)
+    assert set(m) == set(ALL_METRICS)
+    assert m["HR@10"] == pytest.approx(2 / 3) and m["tail/HR@10"] == pytest.approx(1 / 2)
+    assert math.isnan(report(ranks, np.array([1, 2, 1]), tail)["tail/MRR"])
+
+
 def test_popularity_baseline_ranks_by_training_counts():
     train = [[1, 2, 2], [2, 3, 3, 3]]  # counts: 3 -> 3, 2 -> 3 (tie: lower index first), 1 -> 1
     seen = Ragged.from_rows([[1], [4]])
@@ -113,9 +148,12 @@ def test_popularity_baseline_ranks_by_training_counts():
     # case 0: order 2, 3, (1 seen), 4, 5 -> target 3 at rank 1; case 1: 2, 3, 1 -> rank 2.
     assert m["MRR"] == pytest.approx((1 / 2 + 1 / 3) / 2)
     assert m["HR@5"] == 1.0
+    # Sampled: case 0 against items 4, 5 (count 0) -> rank 0; case 1 against 2 (count 3) -> rank 1.
+    sampled = popularity_baseline(train, seen, np.array([3, 1]), n_items=5, candidates=np.array([[4, 5], [2, 5]]))
+    assert sampled["MRR"] == pytest.approx((1 + 1 / 2) / 2)
 
 
-# -- item embeddings and the model -------------------------------------------------------------
+# -- item sources and backbones ---------------------------------------------------------------
 def test_llmemb_pca_shape_frozen_buffer_and_zero_padding():
     emb = np.random.default_rng(0).normal(size=(30, 50)).astype(np.float32)
     items = LLMEmbAdapter(emb, dim=16, pca_dim=128)  # capped at min(D, n_items) = 30
@@ -128,36 +166,105 @@ def test_llmemb_pca_shape_frozen_buffer_and_zero_padding():
     assert torch.all(table[0] == 0)
     table.sum().backward()
     assert items.reduced.grad is None and items.adapter[0].weight.grad is not None
-    smaller = LLMEmbAdapter(emb, dim=16, pca_dim=8)
-    assert smaller.reduced.shape == (30, 8)
+    assert LLMEmbAdapter(emb, dim=16, pca_dim=8).reduced.shape == (30, 8)
+
+
+def test_llmemb_ablation_switches():
+    emb = np.random.default_rng(0).normal(size=(30, 50)).astype(np.float32)
+    cfg = SMALL.model_copy(update={"hidden_size": 16, "llmemb_adapter": False, "llmemb_freeze": False})
+    items = build_item_embedding("llmemb", 30, cfg, SourceInputs(llm=emb))
+    assert isinstance(items.reduced, torch.nn.Parameter) and items.reduced.shape == (30, 16)
+    assert [n for n, _ in items.named_parameters()] == ["reduced"]  # no adapter
+    frozen = build_item_embedding("llm-frozen", 30, cfg, SourceInputs(llm=emb))
+    assert list(frozen.parameters()) == [] and frozen.table().shape == (31, 16)
+    assert build_item_embedding("llmemb", 30, SMALL, SourceInputs(llm=emb)).aux_loss(torch.tensor([1, 2])) is None
+    with pytest.raises(ValueError, match="PCA must reach"):
+        build_item_embedding("llm-frozen", 30, cfg.model_copy(update={"hidden_size": 64}), SourceInputs(llm=emb))
+
+
+def test_alignment_loss_decreases():
+    rng = np.random.default_rng(0)
+    id_table = rng.normal(size=(40, 16)).astype(np.float32)
+    items = LLMEmbAdapter(rng.normal(size=(40, 24)).astype(np.float32), dim=16, pca_dim=24, id_table=id_table, alpha=1.0)
+    optimizer = torch.optim.Adam(items.parameters(), lr=1e-2)
+    batch = torch.tensor([[0, 1, 2, 3, 3], [4, 5, 6, 7, 8]])
+    losses = []
+    for _ in range(60):
+        loss = items.aux_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]  # 4.1 -> 2.5; the floor at temperature 1 with 8 items is 2.35
+    assert "id_table" not in items.state_dict()  # a training target only: serving does not need it
+
+
+def test_latent_categories_recover_separated_clusters():
+    rng = np.random.default_rng(0)
+    centers = 10 * rng.normal(size=(4, 8))
+    labels = np.repeat(np.arange(4), 25)
+    found = latent_categories(centers[labels] + rng.normal(size=(100, 8)), k=4)
+    assert all(len(set(found[labels == c])) == 1 for c in range(4)) and len(set(found)) == 4
+
+
+def source_inputs(n_items: int, cfg: SRSConfig) -> SourceInputs:
+    rng = np.random.default_rng(0)
+    return SourceInputs(llm=cycle_embeddings(n_items), attributes=rng.normal(size=(n_items, 6)).astype(np.float32),
+                        id_table=rng.normal(size=(n_items, cfg.hidden_size)).astype(np.float32))
+
+
+FROZEN = {"llm-frozen": ["reduced"], "llmemb": ["reduced"], "ger": ["guided"], "tslrec": ["knowledge"]}
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_every_source_builds_with_every_backbone(model_name, source):
+    torch.manual_seed(0)
+    cfg = SMALL.model_copy(update={"model": model_name, "tslrec_clusters": 4})
+    inputs = source_inputs(40, cfg)
+    model = build_model(source, 40, cfg, inputs.llm, inputs.attributes, inputs.id_table)
+    seq = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4]])
+    assert model.score_all(seq).shape == (2, 41)
+    assert model.user_vector(seq).shape == (2, cfg.hidden_size)
+    assert torch.all(model.items.table()[0] == 0)
+    targets = torch.tensor([[0, 0, 4, 5], [2, 3, 4, 5]])
+    model.train()(TrainBatch(seq, targets, torch.tensor([[0, 0, 7, 8], [9, 10, 11, 12]]))).backward()
+    buffers = dict(model.items.named_buffers())
+    for name in FROZEN.get(source, []):
+        assert name in buffers and buffers[name].grad is None
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("items."))
 
 
 def test_sources_are_checked():
     with pytest.raises(ValueError, match="unknown embedding source"):
         build_item_embedding("nope", 10, SMALL)
-    with pytest.raises(ValueError, match="needs item_embeddings"):
-        build_item_embedding("llmemb", 10, SMALL, np.zeros((9, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="needs llm"):
+        build_item_embedding("llmemb", 10, SMALL, SourceInputs(llm=np.zeros((9, 4), dtype=np.float32)))
+    with pytest.raises(ValueError, match="needs attributes"):
+        build_item_embedding("ger", 10, SMALL)
+    with pytest.raises(ValueError, match="fewer attribute scores"):
+        build_item_embedding("ger", 10, SMALL, SourceInputs(attributes=np.zeros((10, 40), dtype=np.float32)))
+    with pytest.raises(ValueError, match="needs id_table"):
+        build_item_embedding("tslrec", 10, SMALL, SourceInputs(llm=np.zeros((10, 4), dtype=np.float32)))
+    with pytest.raises(ValueError, match="cloze"):
+        SRSConfig(model="bert4rec", loss="bce")
 
 
-def test_sasrec_verbs_shapes_and_padding_invariance():
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_backbone_padding_invariance(model_name):
     torch.manual_seed(0)
-    model = build_model("id", 12, SMALL).eval()
+    model = build_model("id", 12, SMALL.model_copy(update={"model": model_name})).eval()
     seq = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4]])
-    assert model.score_all(seq).shape == (2, 13)
-    assert model.user_vector(seq).shape == (2, SMALL.hidden_size)
-    # Padding is invisible: a short row batched with a longer one (so its padding columns are
-    # attended past, not trimmed) gets the same vector as alone, and extra padding changes nothing.
+    # A short row batched with a longer one (so its padding columns are processed, not
+    # trimmed) gets the same vector as alone, and extra padding changes nothing.
     torch.testing.assert_close(model.user_vector(seq)[:1], model.user_vector(torch.tensor([[3, 4]])))
     padded = torch.cat([torch.zeros(2, 3, dtype=torch.int64), seq], dim=1)
     torch.testing.assert_close(model.user_vector(padded), model.user_vector(seq))
-    targets = torch.tensor([[0, 0, 4, 5], [2, 3, 4, 5]])
-    loss = model.train().loss(TrainBatch(seq, targets, torch.tensor([[0, 0, 7, 8], [9, 10, 11, 12]])))
-    assert loss.ndim == 0 and torch.isfinite(loss)
     with pytest.raises(ValueError, match="divisible"):
-        build_model("id", 12, SMALL.model_copy(update={"num_heads": 3}))
+        build_model("id", 12, SMALL.model_copy(update={"num_heads": 3, "model": "sasrec"}))
 
 
-# -- training through Ray ----------------------------------------------------------------------
+# -- training ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cyclic():
     sequences, item_ids = cyclic_sequences()
@@ -167,26 +274,57 @@ def cyclic():
 def test_popularity_is_weak_on_the_cyclic_set(cyclic):
     _, _, pop = cyclic
     assert pop["HR@10"] < 0.15
+    assert set(pop) == set(ALL_METRICS)
 
 
-def test_sasrec_id_beats_popularity(ray_local, cyclic):
+@pytest.mark.parametrize("model_name, loss", [("sasrec", "ce"), ("gru4rec", "bce"), ("bert4rec", None)])
+def test_every_backbone_learns_in_process(cyclic, model_name, loss):
     sequences, item_ids, pop = cyclic
-    result = train_srs(sequences, item_ids, SMALL, "id")
-    assert set(result.test) == set(METRICS) and set(result.valid) == set(METRICS)
-    assert 1 <= result.best_epoch <= result.epochs <= SMALL.epochs
+    cfg = SMALL.model_copy(update={"model": model_name, "loss": loss, "epochs": 8, "lr": 1e-2, "batch_size": 32, "dropout": 0.0})
+    torch.set_num_threads(1)  # what the Ray workers use; on a shared 2-core box 2 threads are slower
+    torch.manual_seed(0)
+    fitted = fit(build_model("id", len(item_ids), cfg), build_tensors(sequences, item_ids, cfg.max_len), cfg)
+    assert len(fitted.valid_curve) == fitted.epochs and fitted.valid_curve[fitted.best_epoch - 1] == fitted.valid["NDCG@10"]
+    assert fitted.test["HR@10"] > pop["HR@10"] + 0.3
+
+
+def test_sampled_ranking_is_easier_than_full(cyclic):
+    sequences, item_ids, _ = cyclic
+    sampled = popularity_metrics(sequences, item_ids, ranking="sampled")
+    assert popularity_metrics(sequences, item_ids)["HR@10"] < sampled["HR@10"] < 0.3  # ~10/101 when flat
+
+
+@pytest.fixture(scope="module")
+def sasrec_id(ray_local, cyclic):
+    sequences, item_ids, _ = cyclic
+    return train_srs(sequences, item_ids, SMALL, "id")
+
+
+def test_sasrec_id_through_ray_beats_popularity(sasrec_id, cyclic):
+    _, item_ids, pop = cyclic
+    result = sasrec_id
+    assert set(result.test) == set(ALL_METRICS) and set(result.valid) == set(ALL_METRICS)
+    assert 1 <= result.best_epoch <= result.epochs <= SMALL.epochs and len(result.valid_curve) == result.epochs
     assert result.test["HR@10"] > pop["HR@10"] + 0.3
     assert result.checkpoint is None
+    assert result.item_table.shape == (len(item_ids), SMALL.hidden_size)
     assert result.seconds >= result.seconds_per_epoch * result.epochs > 0
 
 
-def test_sasrec_llmemb_beats_popularity_and_checkpoints(ray_local, cyclic, tmp_path: Path):
+def test_llmemb_aligned_to_the_id_model_through_ray(sasrec_id, cyclic, tmp_path: Path):
     sequences, item_ids, pop = cyclic
-    result = train_srs(sequences, item_ids, SMALL, "llmemb", item_embeddings=cycle_embeddings(), storage_path=str(tmp_path))
-    assert result.test["HR@10"] > pop["HR@10"] + 0.3
-    assert result.checkpoint is not None and (Path(result.checkpoint) / "model.safetensors").exists()
+    cfg = SMALL.model_copy(update={"ranking": "sampled"})
+    result = train_srs(sequences, item_ids, cfg, "llmemb", item_embeddings=cycle_embeddings(),
+                       storage_path=str(tmp_path), id_item_embeddings=sasrec_id.item_table)
+    assert result.test["HR@10"] > popularity_metrics(sequences, item_ids, ranking="sampled")["HR@10"] + 0.3
+    checkpoint = Path(result.checkpoint)
+    assert (checkpoint / "model.safetensors").exists() and (checkpoint / "items.safetensors").exists()
 
 
-def test_train_srs_rejects_missing_embeddings_before_starting_ray(cyclic):
+def test_train_srs_rejects_missing_inputs_before_starting_ray(cyclic):
     sequences, item_ids, _ = cyclic
-    with pytest.raises(ValueError, match="needs item_embeddings"):
+    with pytest.raises(ValueError, match="needs llm"):
         train_srs(sequences, item_ids, SMALL, "llmemb")
+    with pytest.raises(ValueError, match="needs id_table"):
+        train_srs(sequences, item_ids, SMALL, "tslrec", item_embeddings=cycle_embeddings(),
+                  id_item_embeddings=np.zeros((N_ITEMS, 3), dtype=np.float32))

@@ -1,0 +1,156 @@
+"""SRS accuracy benchmark: one backbone x item source x ranking mode, over seeds, on a real data set.
+
+    python benchmarks/srs.py --dataset amazon-beauty --model sasrec --source id --ranking full --seeds 42
+    python benchmarks/srs.py --dataset amazon-beauty --model bert4rec --source llmemb --ranking sampled \\
+        --seeds 42 43 44 --set epochs=100 --set patience=10
+
+Data: catalog.load_catalog(DatasetConfig(name=...)), ranked over the k-core's items as jobs.train
+does. LLM sources read the committed embeddings run `--run` from `--store`; ger reads attribute
+scores from `--attributes` (a .npy [n_items, A] in the catalog's item order). Prints one line
+per seed and a mean ± std table, writes <out>/<name>.md, .csv and (with matplotlib) a plot of
+validation NDCG@10 per epoch; the last line is the one-line summary of the means.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+REPORTED = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR", "tail/HR@10", "tail/NDCG@10")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="amazon-beauty")
+    p.add_argument("--model", default="sasrec", choices=["sasrec", "gru4rec", "bert4rec"])
+    p.add_argument("--source", default="id", choices=["id", "llm-frozen", "llmemb", "ger", "tslrec"])
+    p.add_argument("--ranking", default="full", choices=["full", "sampled"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    p.add_argument("--store", default="./store", help="storage root holding embeddings/<run> (LLM sources)")
+    p.add_argument("--run", default=None, help="embeddings run (default: <dataset>-smollm2-base, as jobs.embed names it)")
+    p.add_argument("--attributes", default=None, help=".npy attribute scores [n_items, A] for source ger")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="SRSConfig override, e.g. --set loss=ce --set epochs=50 (repeatable)")
+    p.add_argument("--out", default="runs/srs-benchmarks", help="folder for the .md/.csv/.png results (runs/ is git-ignored)")
+    return p.parse_args(argv)
+
+
+def load_data(args: argparse.Namespace) -> tuple[dict[str, list[str]], list[str]]:
+    from catalog import load_catalog, user_sequences
+    from cluster.config import DatasetConfig
+
+    catalog = load_catalog(DatasetConfig(name=args.dataset))
+    sequences = user_sequences(catalog.interactions)
+    seen = set(catalog.interactions["item_id"].to_pylist())
+    item_ids = [i for i in catalog.items["item_id"].to_pylist() if i in seen]
+    return sequences, item_ids
+
+
+def source_inputs(args: argparse.Namespace, item_ids: list[str]) -> dict:
+    """The keyword arguments of train_srs the source needs; exits with the reason when absent."""
+    import numpy as np
+
+    from cluster.storage import Store, StorageError
+    from llm.runs import aligned_vectors
+
+    kwargs: dict = {}
+    if args.source in ("llm-frozen", "llmemb", "tslrec"):
+        run = args.run or f"{Path(args.dataset).name}-smollm2-base"
+        store = Store(args.store)
+        try:
+            kwargs["item_embeddings"] = aligned_vectors(store, run, item_ids)
+        except (StorageError, FileNotFoundError, OSError, KeyError) as e:
+            sys.exit(f"srs benchmark: source {args.source!r} needs the committed embeddings run {run!r} in "
+                     f"{store.full_uri('embeddings')}/ ({e}); run `guidedrec embed` first or pass --store/--run")
+    if args.source == "ger":
+        if not args.attributes:
+            sys.exit("srs benchmark: source 'ger' needs --attributes scores.npy ([n_items, A], catalog item order)")
+        kwargs["attribute_scores"] = np.load(args.attributes)
+    return kwargs
+
+
+def config(args: argparse.Namespace, seed: int):
+    from cluster.config import SRSConfig
+
+    updates = dict(kv.split("=", 1) for kv in args.overrides)
+    return SRSConfig.model_validate({**updates, "model": args.model, "ranking": args.ranking, "seed": seed})
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def write_results(args: argparse.Namespace, name: str, rows: list[dict], header: str) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = ["seed", *REPORTED, "best_epoch", "epochs", "epoch_s"]
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    table = ["| metric | mean | std |", "|---|---|---|"]
+    for k in (*REPORTED, "epoch_s"):
+        m, s = mean_std([r[k] for r in rows])
+        table.append(f"| {k} | {m:.4f} | {s:.4f} |")
+    (out / f"{name}.md").write_text(f"{header}\n\n" + "\n".join(table) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return out
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for r in rows:
+        ax.plot(range(1, len(r["curve"]) + 1), r["curve"], label=f"seed {r['seed']}")
+    ax.set(xlabel="epoch", ylabel=f"valid NDCG@10 ({args.ranking})", title=name)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=100)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from cluster.config import RayConfig
+    from cluster.runtime import init_ray
+    from srs import popularity_metrics, train_srs
+
+    sequences, item_ids = load_data(args)
+    kwargs = source_inputs(args, item_ids)
+    name = f"{args.dataset}-{args.model}-{args.source}-{args.ranking}"
+    n_interactions = sum(len(s) for s in sequences.values())
+    print(f"{args.dataset}: {len(sequences)} users, {len(item_ids)} items, {n_interactions} interactions", flush=True)
+    pop = popularity_metrics(sequences, item_ids, ranking=args.ranking)
+    print(f"popularity: HR@10={pop['HR@10']:.4f} NDCG@10={pop['NDCG@10']:.4f} tailHR@10={pop['tail/HR@10']:.4f}", flush=True)
+
+    init_ray(RayConfig(num_cpus=2, log_to_driver=False))
+    rows = []
+    for seed in args.seeds:
+        cfg = config(args, seed)
+        r = train_srs(sequences, item_ids, cfg, args.source, **kwargs)
+        row = {"seed": seed, **{k: r.test[k] for k in REPORTED}, "best_epoch": r.best_epoch, "epochs": r.epochs,
+               "epoch_s": r.seconds_per_epoch, "curve": r.valid_curve}
+        rows.append(row)
+        print(f"seed={seed} HR@10={row['HR@10']:.4f} NDCG@10={row['NDCG@10']:.4f} MRR={row['MRR']:.4f} "
+              f"tailHR@10={row['tail/HR@10']:.4f} best_epoch={r.best_epoch}/{r.epochs} "
+              f"epoch_s={r.seconds_per_epoch:.1f} total_s={r.seconds:.0f}", flush=True)
+    overrides = " ".join(f"--set {kv}" for kv in args.overrides)
+    header = (f"{name}: seeds {' '.join(map(str, args.seeds))}; {len(sequences)} users, {len(item_ids)} items; "
+              f"config {cfg.model_dump(exclude={'seed', 'sources'})} {overrides}".rstrip())
+    out = write_results(args, name, rows, header)
+    print(Path(out, f"{name}.md").read_text(), flush=True)
+    hr, ndcg, tail, epoch_s = (mean_std([r[k] for r in rows])[0] for k in ("HR@10", "NDCG@10", "tail/HR@10", "epoch_s"))
+    print(f"srs: dataset={args.dataset} model={args.model} source={args.source} ranking={args.ranking} "
+          f"HR@10={hr:.4f} NDCG@10={ndcg:.4f} tailHR@10={tail:.4f} epoch_s={epoch_s:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The transformer encoder SASRec and BERT4Rec share; they differ only in attention direction.
+
+Learned position embeddings counted from the right (sequences are left-padded, so position
+max_len - 1 is always the most recent item), embedding dropout, pre-LayerNorm blocks
+g(x) = x + Dropout(g(LayerNorm(x))) with a pointwise two-layer ReLU FFN of width d, and a final
+LayerNorm: SASRec's block (Kang & McAuley 2018).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, dim: int, max_len: int, num_layers: int, num_heads: int, dropout: float, causal: bool):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden_size {dim} is not divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.max_len = max_len
+        self.num_heads = num_heads
+        self.causal = causal
+        self.position = nn.Embedding(max_len, dim)
+        nn.init.normal_(self.position.weight, std=0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                dim, num_heads, dim_feedforward=dim, dropout=dropout, activation="relu", batch_first=True, norm_first=True
+            )
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, items: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """States [B, w, d] from item embeddings [B, w, d] (w <= max_len, right-aligned) and
+        the padding mask [B, w] (True = padding)."""
+        w = items.shape[1]
+        positions = torch.arange(self.max_len - w, self.max_len, device=items.device)
+        x = self.dropout(items * self.dim**0.5 + self.position(positions))
+        # True = may not attend: padding keys (and the future when causal); a position always
+        # sees itself, so padding rows stay finite (their outputs are never used).
+        mask = pad.unsqueeze(1).expand(-1, w, -1)
+        if self.causal:
+            mask = mask | torch.ones(w, w, dtype=torch.bool, device=items.device).triu(1)
+        mask = mask & ~torch.eye(w, dtype=torch.bool, device=items.device)
+        mask = mask.repeat_interleave(self.num_heads, dim=0)
+        for layer in self.layers:
+            x = layer(x, src_mask=mask)
+        return self.norm(x)
