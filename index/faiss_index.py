@@ -1,11 +1,14 @@
-"""A FAISS index over string item ids: FAISS stores int64 positions, `ids` maps them back.
+"""A FAISS index over string item ids: FAISS stores int64 labels, the id map turns them back into ids.
 
 Ids live beside the index (Parquet in a version directory), never pickled into it, so any
 reader can check the map and the index bytes stay plain `faiss.serialize_index` output.
+A label belongs to one item for the life of an index: an upsert replaces a changed item's
+vector under its old label and gives new items fresh ones, so a copy can be updated in place.
 """
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 import faiss
 import numpy as np
@@ -14,7 +17,7 @@ METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "cosine": faiss.METRIC_INNER_PRODUC
 HNSW_EF_SEARCH = 128   # FAISS's default of 16 loses recall at k >= 10
 
 
-def _nprobe(nlist: int) -> int:
+def default_nprobe(nlist: int) -> int:
     """IVF lists probed per query: about 1/16 of them, at least 8 (recall over speed)."""
     return min(nlist, max(8, nlist // 16))
 
@@ -37,18 +40,50 @@ def _first_bad_ids(mask: np.ndarray, ids: list[str], limit: int = 3) -> str:
     return ", ".join(repr(ids[r]) for r in np.flatnonzero(mask)[:limit])
 
 
-class ItemIndex:
-    """FAISS index over catalog ids (strings) mapped to int64 positions by a stored id map."""
+def prepare(ids: list[str], vectors: np.ndarray, metric: str) -> np.ndarray:
+    """Validate (ids, vectors) and return the vectors as FAISS stores them (a unit-length copy for cosine)."""
+    _check_metric(metric)
+    x = _check_matrix(vectors, "vectors")
+    if len(ids) != len(x):
+        raise ValueError(f"{len(ids)} ids for {len(x)} vectors")
+    dupes = [i for i, n in Counter(ids).items() if n > 1]
+    if dupes:
+        raise ValueError(f"duplicate ids ({len(dupes)}), e.g. {dupes[:3]}")
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"{(~finite).sum()} vectors hold NaN or inf: {_first_bad_ids(~finite, ids)}")
+    if metric == "cosine":
+        zero = ~np.any(x, axis=1)
+        if zero.any():
+            raise ValueError(f"{zero.sum()} zero vectors have no cosine direction: {_first_bad_ids(zero, ids)}")
+        x = x.copy()
+        faiss.normalize_L2(x)
+    return x
 
-    def __init__(self, index: faiss.Index, ids: list[str], factory: str, metric: str):
-        if index.ntotal != len(ids):
-            raise ValueError(f"the FAISS index holds {index.ntotal} vectors but the id map has {len(ids)} ids")
+
+class ItemIndex:
+    """FAISS index over catalog ids (strings) mapped to int64 labels by a stored id map.
+
+    `index` is the CPU index (what is saved and updated); searches go to a GPU copy when
+    faiss-gpu sees a GPU, else to `index` itself.
+    """
+
+    def __init__(self, index: faiss.Index, ids: list[str], labels: np.ndarray, factory: str, metric: str):
         _check_metric(metric)
+        labels = np.asarray(labels, dtype=np.int64)
+        if not index.ntotal == len(ids) == len(labels):
+            raise ValueError(f"the FAISS index holds {index.ntotal} vectors but the id map has "
+                             f"{len(ids)} ids and {len(labels)} labels")
         self.index = index
         self.ids = list(ids)
+        self.labels = labels
         self.factory = factory
         self.metric = metric
-        self._pos = {item_id: i for i, item_id in enumerate(self.ids)}
+        self._label = dict(zip(self.ids, labels.tolist()))
+        self._item = dict(zip(labels.tolist(), self.ids))
+        if not len(self._label) == len(self._item) == len(self.ids):
+            raise ValueError("the id map repeats an id or a label")
+        self._searcher = _on_gpus(index)
 
     @property
     def dims(self) -> int:
@@ -59,37 +94,92 @@ class ItemIndex:
 
     # -- build -------------------------------------------------------------------------------
     @classmethod
-    def build(cls, ids: list[str], vectors: np.ndarray, factory: str = "Flat",
-              metric: str = "cosine") -> "ItemIndex":
-        """Index `vectors[i]` under `ids[i]`; cosine = L2-normalize, then inner product."""
-        _check_metric(metric)
-        x = _check_matrix(vectors, "vectors")
+    def build(cls, ids: list[str], vectors: np.ndarray, factory: str = "Flat", metric: str = "cosine", *,
+              nprobe: int | None = None, ef_search: int | None = None) -> "ItemIndex":
+        """Index `vectors[i]` under `ids[i]` (labels 0..n-1); cosine = L2-normalize, then inner product.
+
+        nprobe (IVF) and ef_search (HNSW) default to default_nprobe(nlist) and HNSW_EF_SEARCH.
+        """
         ids = list(ids)
-        if len(ids) != len(x):
-            raise ValueError(f"{len(ids)} ids for {len(x)} vectors")
+        x = prepare(ids, vectors, metric)
         if not ids:
             raise ValueError("no vectors to index")
-        dupes = [i for i, n in Counter(ids).items() if n > 1]
-        if dupes:
-            raise ValueError(f"duplicate ids ({len(dupes)}), e.g. {dupes[:3]}")
-        finite = np.isfinite(x).all(axis=1)
-        if not finite.all():
-            raise ValueError(f"{(~finite).sum()} vectors hold NaN or inf: {_first_bad_ids(~finite, ids)}")
-        if metric == "cosine":
-            zero = ~np.any(x, axis=1)
-            if zero.any():
-                raise ValueError(f"{zero.sum()} zero vectors have no cosine direction: {_first_bad_ids(zero, ids)}")
-            x = x.copy()
-            faiss.normalize_L2(x)
         index = _new_index(x.shape[1], factory, metric)
         _train(index, x, factory)
-        index.add_with_ids(x, np.arange(len(x), dtype=np.int64))
+        labels = np.arange(len(x), dtype=np.int64)
+        index.add_with_ids(x, labels)
+        _hashed_direct_map(index)
         ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None:
-            ivf.make_direct_map()   # lets vector() reconstruct by position
-        return cls(index, ids, factory, metric)
+        built = cls(index, ids, labels, factory, metric)
+        built.set_search(nprobe=nprobe or (default_nprobe(ivf.nlist) if ivf is not None else None),
+                         ef_search=ef_search or HNSW_EF_SEARCH)
+        return built
+
+    # -- update ------------------------------------------------------------------------------
+    @property
+    def supports_removal(self) -> bool:
+        """Flat-coded (Flat, PQ, SQ) and IVF indexes remove vectors in place; graphs (HNSW) cannot."""
+        return faiss.try_extract_index_ivf(self.index) is not None or isinstance(_base(self.index), faiss.IndexFlatCodes)
+
+    def upsert(self, ids: list[str], vectors: np.ndarray, delete: Iterable[str] = ()) -> "ItemIndex":
+        """A copy with `delete` removed and `ids` inserted or replaced; this index is left untouched.
+
+        A replaced item keeps its label, a new one gets the next free label. Only for indexes that
+        support removal (see supports_removal); an IVF keeps its trained lists.
+        """
+        if not self.supports_removal:
+            raise ValueError(f"a {self.factory!r} index cannot remove vectors: rebuild it instead")
+        ids, delete = list(ids), list(delete)
+        x = prepare(ids, vectors, self.metric)
+        if len(x) and x.shape[1] != self.dims:
+            raise ValueError(f"vectors have {x.shape[1]} dims, the index expects {self.dims}")
+        unknown = [i for i in delete if i not in self._label]
+        if unknown:
+            raise KeyError(f"cannot delete {len(unknown)} items that are not in the index, e.g. {unknown[:3]}")
+        both = set(ids) & set(delete)
+        if both:
+            raise ValueError(f"{len(both)} items are both upserted and deleted, e.g. {sorted(both)[:3]}")
+        fresh = iter(range(int(self.labels.max()) + 1, 2**62))
+        new_labels = np.array([self._label.get(i) if i in self._label else next(fresh) for i in ids], dtype=np.int64)
+        gone = set(delete)
+        kept = [(i, label) for i, label in zip(self.ids, self.labels.tolist()) if i not in gone]
+        added = [(i, label) for i, label in zip(ids, new_labels.tolist()) if i not in self._label]
+        if not kept and not added:
+            raise ValueError("the update would leave the index empty")
+        index = faiss.clone_index(self.index)
+        _hashed_direct_map(index)
+        removed = np.array([self._label[i] for i in [*delete, *ids] if i in self._label], dtype=np.int64)
+        if len(removed):
+            ivf = faiss.try_extract_index_ivf(index) is not None   # IVF's id hashtable takes only an array
+            index.remove_ids(faiss.IDSelectorArray(removed) if ivf else faiss.IDSelectorBatch(removed))
+        if len(x):
+            index.add_with_ids(x, new_labels)
+        out_ids, out_labels = zip(*(kept + added))
+        return ItemIndex(index, list(out_ids), np.array(out_labels, dtype=np.int64), self.factory, self.metric)
 
     # -- search ------------------------------------------------------------------------------
+    def set_search(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Query-time speed/recall knobs: IVF lists probed, HNSW candidate list size (None: unchanged)."""
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if nprobe is not None and ivf is not None:
+            ivf.nprobe = min(nprobe, ivf.nlist)
+        base = _base(self.index)
+        if ef_search is not None and isinstance(base, faiss.IndexHNSW):
+            base.hnsw.efSearch = ef_search
+        if self._searcher is not self.index:
+            self._searcher = _on_gpus(self.index)   # the GPU copy took the old settings
+
+    @property
+    def search_params(self) -> dict[str, int]:
+        """The knobs set_search applies to this index type, with their current values."""
+        ivf = faiss.try_extract_index_ivf(self.index)
+        base = _base(self.index)
+        if ivf is not None:
+            return {"nprobe": int(ivf.nprobe)}
+        if isinstance(base, faiss.IndexHNSW):
+            return {"ef_search": int(base.hnsw.efSearch)}
+        return {}
+
     def search(self, vectors: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
         """Top-k ids and scores per query row (a 1-D vector is one query).
 
@@ -106,9 +196,10 @@ class ItemIndex:
         if self.metric == "cosine":
             q = q.copy()
             faiss.normalize_L2(q)
-        scores, positions = self.index.search(q, min(k, len(self)))
-        scores[positions < 0] = np.nan
-        return [[self.ids[p] for p in row if p >= 0] for row in positions], scores
+        scores, labels = self._searcher.search(q, min(k, len(self)))
+        scores[labels < 0] = np.nan
+        item = self._item
+        return [[item[label] for label in row if label >= 0] for row in labels.tolist()], scores
 
     def search_items(self, item_ids: list[str], k: int,
                      exclude_self: bool = True) -> tuple[list[list[str]], np.ndarray]:
@@ -131,20 +222,62 @@ class ItemIndex:
     def vector(self, item_id: str) -> np.ndarray:
         """The vector as indexed (L2-normalized for cosine; approximate for compressed codes)."""
         try:
-            pos = self._pos[item_id]
+            label = self._label[item_id]
         except KeyError:
             raise KeyError(f"item {item_id!r} is not in the index") from None
-        return self.index.reconstruct(pos)
+        return self.index.reconstruct(label)
 
     # -- bytes -------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        """The FAISS index alone (`serialize_index`); the id map is saved separately."""
+        """The FAISS index alone (`serialize_index`, search settings included); the id map is saved separately."""
         return faiss.serialize_index(self.index).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, ids: list[str], *, factory: str, metric: str) -> "ItemIndex":
+    def from_bytes(cls, data: bytes, ids: list[str], labels: np.ndarray, *, factory: str, metric: str) -> "ItemIndex":
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-        return cls(index, ids, factory, metric)
+        return cls(index, ids, labels, factory, metric)
+
+
+def overlap_recall(found: list[list[str]], truth: list[list[str]]) -> float:
+    """Mean share of each true neighbour list that `found` holds (recall@k for k = len(truth row))."""
+    if not truth:
+        raise ValueError("no queries to measure recall on")
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def recall_at_k(index: ItemIndex, ids: list[str], vectors: np.ndarray, queries: int, k: int = 10,
+                seed: int = 0) -> float:
+    """Recall@k of `index` against exact search over (ids, vectors), the set it indexes, with a
+    random sample of `queries` of those vectors as queries: what the approximation costs."""
+    x = prepare(ids, vectors, index.metric)
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), size=min(queries, len(x)), replace=False))
+    k = min(k, len(x))
+    _, exact = faiss.knn(x[rows], x, k, metric=METRICS[index.metric])
+    found, _ = index.search(x[rows], k)
+    return overlap_recall(found, [[ids[j] for j in row] for row in exact.tolist()])
+
+
+def _base(index: faiss.Index) -> faiss.Index:
+    """The index inside an IDMap wrapper (or the index itself)."""
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+
+
+def _on_gpus(index: faiss.Index) -> faiss.Index:
+    """A GPU copy for searching when faiss-gpu sees GPUs; the index itself on CPU-only machines
+    and for types without a GPU implementation (e.g. HNSW)."""
+    if faiss.get_num_gpus() == 0:
+        return index
+    try:
+        return faiss.index_cpu_to_all_gpus(index)
+    except RuntimeError:
+        return index
+
+
+def _hashed_direct_map(index: faiss.Index) -> None:
+    """IVF: an id -> entry hashtable, so vector() can reconstruct by label and upsert can remove by label."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
 
 
 def _new_index(d: int, factory: str, metric: str) -> faiss.Index:
@@ -156,14 +289,9 @@ def _new_index(d: int, factory: str, metric: str) -> faiss.Index:
     except RuntimeError as e:
         raise ValueError(f"FAISS cannot build index {factory!r}: {str(e).splitlines()[-1]}") from None
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf.nprobe = _nprobe(ivf.nlist)
-        ivf = faiss.downcast_index(ivf)
-        if isinstance(ivf, faiss.IndexIVFPQ):
-            ivf.do_polysemous_training = False   # slow, and plain PQ search does not use it
-    base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
-    if isinstance(base, faiss.IndexHNSW):
-        base.hnsw.efSearch = HNSW_EF_SEARCH
+    pq = faiss.downcast_index(ivf) if ivf is not None else None
+    if isinstance(pq, faiss.IndexIVFPQ):
+        pq.do_polysemous_training = False   # slow, and plain PQ search does not use it
     return index
 
 

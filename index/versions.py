@@ -2,11 +2,14 @@
 
 A build never touches an older version; readers follow CURRENT, which is replaced in one
 atomic write only after the new version is committed, so a reader sees the old index or the
-new one, never half of one.
+new one, never half of one. Each manifest records how the version was made (build, upsert or
+rebuild) and its recall@10 against exact search, measured when it was made.
 """
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Collection
 from datetime import datetime, timezone
 from typing import NamedTuple
 
@@ -17,13 +20,14 @@ import pyarrow.parquet as pq
 
 from cluster.config import IndexConfig
 from cluster.storage import StorageError, Store
-from index.faiss_index import ItemIndex
+from index.faiss_index import ItemIndex, recall_at_k
 from llm.runs import read_run
 
 ROOT = "index"
 CURRENT = f"{ROOT}/CURRENT"
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
+RECALL_K = 10
 
 
 class NoIndexError(StorageError):
@@ -51,11 +55,12 @@ def save_version(store: Store, index: ItemIndex, *, run: str, extra: dict | None
     version = _new_version()
     vdir = _version_dir(version)
     store.write_bytes(f"{vdir}/{INDEX_FILE}", index.to_bytes())
-    store.write_parquet(f"{vdir}/{IDS_FILE}", pa.table({"item_id": pa.array(index.ids, pa.string())}))
+    store.write_parquet(f"{vdir}/{IDS_FILE}", pa.table({"item_id": pa.array(index.ids, pa.string()),
+                                                        "faiss_id": pa.array(index.labels, pa.int64())}))
     store.commit(vdir, {
         **(extra or {}),
         "run": run, "factory": index.factory, "metric": index.metric, "dims": index.dims,
-        "count": len(index), "created": datetime.now(timezone.utc).isoformat(),
+        "count": len(index), **index.search_params, "created": datetime.now(timezone.utc).isoformat(),
     })
     return version
 
@@ -87,20 +92,86 @@ def load_index(store: Store, version: str | None = None) -> ItemIndex:
     version = version or current_version(store)
     vdir = _version_dir(version)
     manifest = store.manifest(vdir)
-    ids = store.read_parquet(f"{vdir}/{IDS_FILE}").column("item_id").to_pylist()
+    table = store.read_parquet(f"{vdir}/{IDS_FILE}")
+    ids = table.column("item_id").to_pylist()
     if len(ids) != manifest["count"]:
         raise StorageError(f"{store.full_uri(vdir)}: manifest counts {manifest['count']} items, ids hold {len(ids)}")
-    return ItemIndex.from_bytes(store.read_bytes(f"{vdir}/{INDEX_FILE}"), ids,
+    # Versions written before upserts existed store positions only: label = row.
+    labels = table.column("faiss_id").to_numpy() if "faiss_id" in table.column_names else np.arange(len(ids))
+    return ItemIndex.from_bytes(store.read_bytes(f"{vdir}/{INDEX_FILE}"), ids, labels,
                                 factory=manifest["factory"], metric=manifest["metric"])
+
+
+def prune_versions(store: Store, keep: int) -> list[str]:
+    """Delete committed versions older than the newest `keep`, never CURRENT; returns those deleted."""
+    if keep < 0:
+        raise ValueError(f"keep must be >= 0, got {keep}")
+    versions = list_versions(store)
+    live = current_version(store) if store.exists(CURRENT) else None
+    doomed = [v for v in versions[:max(len(versions) - keep, 0)] if v != live]
+    for version in doomed:
+        store.delete_dir(_version_dir(version))
+    return doomed
+
+
+# -- building and updating -----------------------------------------------------------------
+def _publish(store: Store, index: ItemIndex, run: str, run_manifest: dict, ids: list[str], vectors: np.ndarray,
+             cfg: IndexConfig, extra: dict) -> str:
+    """Measure recall@10 on the indexed vectors, save the version with it, make it CURRENT."""
+    recall = round(recall_at_k(index, ids, vectors, cfg.recall_sample, RECALL_K), 4) if cfg.recall_sample else None
+    version = save_version(store, index, run=run, extra={
+        **extra, "catalog": run_manifest.get("catalog"), f"recall_at_{RECALL_K}": recall,
+        "recall_queries": min(cfg.recall_sample, len(ids)),
+    })
+    set_current(store, version)
+    return version
+
+
+def _build(ids: list[str], vectors: np.ndarray, cfg: IndexConfig) -> ItemIndex:
+    return ItemIndex.build(ids, vectors, factory=cfg.factory, metric=cfg.metric,
+                           nprobe=cfg.nprobe, ef_search=cfg.ef_search)
 
 
 def build_from_run(store: Store, run: str, cfg: IndexConfig) -> str:
     """Index a committed embeddings run, save it as a new version, make it CURRENT."""
     ids, vectors, run_manifest = read_run(store, run)
-    index = ItemIndex.build(ids, vectors, factory=cfg.factory, metric=cfg.metric)
-    version = save_version(store, index, run=run, extra={"catalog": run_manifest.get("catalog")})
-    set_current(store, version)
-    return version
+    started = time.perf_counter()
+    index = _build(ids, vectors, cfg)
+    seconds = round(time.perf_counter() - started, 3)
+    return _publish(store, index, run, run_manifest, ids, vectors, cfg, {"method": "build", "seconds": seconds})
+
+
+def update_from_run(store: Store, run: str, cfg: IndexConfig, *, upserted: Collection[str],
+                    deleted: Collection[str]) -> str:
+    """A new CURRENT version for `run`, made from CURRENT by replacing what changed.
+
+    `upserted` are the run's items whose vectors are new or changed, `deleted` the items of
+    CURRENT that the run no longer holds. Where CURRENT is of the configured type and can
+    remove vectors (Flat, IVF) a copy of it is upserted; otherwise (HNSW, or a config that
+    names another type) the run is indexed from scratch. The manifest says which ("method").
+    """
+    parent = current_version(store)
+    current = load_index(store, parent)
+    ids, vectors, run_manifest = read_run(store, run)
+    started = time.perf_counter()
+    same_type = (current.factory, current.metric, current.dims) == (cfg.factory, cfg.metric, vectors.shape[1])
+    if same_type and current.supports_removal:
+        pos = {item: i for i, item in enumerate(ids)}
+        missing = [i for i in upserted if i not in pos]
+        if missing:
+            raise KeyError(f"embeddings run {run} lacks {len(missing)} upserted items, e.g. {missing[:3]}")
+        rows = [pos[i] for i in upserted]
+        index, method = current.upsert(list(upserted), vectors[rows], delete=deleted), "upsert"
+        index.set_search(nprobe=cfg.nprobe, ef_search=cfg.ef_search)
+        if set(index.ids) != set(ids):
+            raise RuntimeError(f"upserting {parent} does not give the items of run {run}: not published")
+    else:
+        index, method = _build(ids, vectors, cfg), "rebuild"
+    seconds = round(time.perf_counter() - started, 3)
+    return _publish(store, index, run, run_manifest, ids, vectors, cfg, {
+        "method": method, "seconds": seconds, "parent": parent,
+        "upserted": len(upserted), "deleted": len(deleted),
+    })
 
 
 # -- titles for people ---------------------------------------------------------------------

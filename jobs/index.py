@@ -1,6 +1,7 @@
-"""Build a FAISS index version from the committed embeddings run and make it CURRENT.
+"""Build a FAISS index version from the committed embeddings run and make it CURRENT, or prune old versions.
 
     python -m jobs.index --config ray_config.yaml
+    python -m jobs.index --config ray_config.yaml --prune --keep 3
 """
 from __future__ import annotations
 
@@ -9,22 +10,37 @@ from pathlib import Path
 import typer
 
 from cluster import Config, Store, load_config, store_from_config
-from index import build_from_run
+from index import build_from_run, prune_versions, version_manifest
 from jobs.embed import run_name
 
 
 def run_index(cfg: Config, store: Store | None = None) -> str:
     store = store or store_from_config(cfg)
     version = build_from_run(store, run_name(cfg), cfg.index)
-    print(f"index {version} ({cfg.index.factory}, {cfg.index.metric}) is CURRENT under {store.full_uri('index')}", flush=True)
+    recall = version_manifest(store, version)["recall_at_10"]
+    print(f"index {version} ({cfg.index.factory}, {cfg.index.metric}, recall@10 {recall}) is CURRENT "
+          f"under {store.full_uri('index')}", flush=True)
     return version
 
 
+def run_prune(cfg: Config, keep: int, store: Store | None = None) -> list[str]:
+    store = store or store_from_config(cfg)
+    removed = prune_versions(store, keep)
+    print(f"pruned {len(removed)} index versions (kept the newest {keep} and CURRENT)"
+          + "".join(f"\n  {v}" for v in removed), flush=True)
+    return removed
+
+
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
-         dataset: str = typer.Option(None, help="Override dataset.name")) -> None:
-    """Build the nearest-item index over the embeddings run."""
+         dataset: str = typer.Option(None, help="Override dataset.name"),
+         prune: bool = typer.Option(False, help="Delete old index versions instead of building one"),
+         keep: int = typer.Option(3, min=0, help="With --prune: how many of the newest versions to keep")) -> None:
+    """Build the nearest-item index over the embeddings run (or, with --prune, delete old versions)."""
     cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
-    run_index(cfg)
+    if prune:
+        run_prune(cfg, keep)
+    else:
+        run_index(cfg)
 
 
 if __name__ == "__main__":

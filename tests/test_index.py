@@ -18,12 +18,16 @@ from index import (
     item_titles,
     list_versions,
     load_index,
+    prune_versions,
+    recall_at_k,
     save_version,
     set_current,
     similar_items,
+    update_from_run,
     version_manifest,
 )
 from index.faiss_index import HNSW_EF_SEARCH
+from llm.stages import embedding_schema
 
 
 def random_vectors(n: int = 300, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -42,23 +46,33 @@ def ids_for(n: int) -> list[str]:
     return [f"item-{i:05d}" for i in range(n)]
 
 
-def write_run(store: Store, run: str, vectors: np.ndarray, *, commit: bool = True) -> list[str]:
+def write_run(store: Store, run: str, vectors: np.ndarray, *, commit: bool = True,
+              ids: list[str] | None = None) -> list[str]:
     """A tiny embeddings run as the embed job writes it: two part files, a catalog, a manifest."""
     n, d = vectors.shape
-    ids = ids_for(n)
+    ids = ids or ids_for(n)
     catalog = f"catalog/{run}/items.parquet"
     store.write_parquet(catalog, pa.table({"item_id": ids, "title": [f"Title {i}" for i in ids]}))
     half = n // 2
     for part, rows in enumerate([slice(0, half), slice(half, n)]):
-        store.write_parquet(f"embeddings/{run}/part-{part:05d}.parquet", pa.table({
-            "item_id": ids[rows],
-            "content_hash": [f"h{i}" for i in ids[rows]],
-            "prompt": ["ignored"] * len(ids[rows]),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].ravel()), d),
-        }))
+        m = len(ids[rows])
+        store.write_parquet(f"embeddings/{run}/part-{part:06d}.parquet", pa.Table.from_arrays([
+            pa.array(ids[rows], pa.string()), pa.array([f"h{i}" for i in ids[rows]], pa.string()),
+            pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].ravel()), d),
+            pa.array([False] * m), pa.array(["smollm2"] * m), pa.array([None] * m, pa.string()),
+        ], schema=embedding_schema(d)))
     if commit:
         store.commit(f"embeddings/{run}", {"dims": d, "rows": n, "catalog": catalog})
     return ids
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_faiss_thread():
+    """FAISS's OpenMP threads spin on a shared 2-core box (5-10x slower here); these tests need no parallelism."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -146,12 +160,13 @@ def test_approximate_indexes_recall_on_clustered_data(clustered, factory):
 
 def test_bytes_round_trip_keeps_search_settings():
     ids, x = ids_for(2000), clustered_vectors()
-    hnsw = ItemIndex.from_bytes(ItemIndex.build(ids, x, factory="HNSW32").to_bytes(), ids,
-                                factory="HNSW32", metric="cosine")
+    built = ItemIndex.build(ids, x, factory="HNSW32")
+    hnsw = ItemIndex.from_bytes(built.to_bytes(), ids, built.labels, factory="HNSW32", metric="cosine")
     assert faiss.downcast_index(hnsw.index.index).hnsw.efSearch == HNSW_EF_SEARCH
+    assert hnsw.search_params == {"ef_search": HNSW_EF_SEARCH}
     ivf_index = ItemIndex.build(ids, x, factory="IVF32,Flat")
-    ivf = ItemIndex.from_bytes(ivf_index.to_bytes(), ids, factory="IVF32,Flat", metric="cosine")
-    assert faiss.extract_index_ivf(ivf.index).nprobe == 8
+    ivf = ItemIndex.from_bytes(ivf_index.to_bytes(), ids, ivf_index.labels, factory="IVF32,Flat", metric="cosine")
+    assert faiss.extract_index_ivf(ivf.index).nprobe == 8 and ivf.search_params == {"nprobe": 8}
     a, sa = ivf_index.search(x[:20], 5)
     b, sb = ivf.search(x[:20], 5)
     assert a == b and np.array_equal(sa, sb)
@@ -271,3 +286,170 @@ def test_set_current_refuses_an_uncommitted_version(tmp_path):
     with pytest.raises(StorageError, match="never committed"):
         set_current(store, "20990101T000000000000Z-abcdef")
     assert list_versions(store) == []
+
+
+# -- index types, recall and search knobs ----------------------------------------------------
+@pytest.mark.parametrize("factory, floor", [("Flat", 1.0), ("HNSW32", 0.95), ("IVF32,Flat", 0.95),
+                                            ("IVF32,PQ16", 0.5)])
+def test_recall_against_exact_search(clustered, factory, floor):
+    ids, x = clustered
+    index = ItemIndex.build(ids, x, factory=factory)
+    assert floor <= recall_at_k(index, ids, x, queries=200) <= 1.0
+
+
+def test_ivf_pq_trains_without_polysemous_codes(clustered):
+    ids, x = clustered
+    index = ItemIndex.build(ids, x, factory="IVF16,PQ8")
+    assert faiss.downcast_index(faiss.extract_index_ivf(index.index)).do_polysemous_training is False
+    found, _ = index.search_items(ids[:5], k=3)
+    assert all(len(row) == 3 for row in found)
+
+
+def test_search_knobs_trade_recall(clustered):
+    ids, x = clustered
+    ivf = ItemIndex.build(ids, x, factory="IVF32,Flat", nprobe=1)
+    assert ivf.search_params == {"nprobe": 1}
+    narrow = recall_at_k(ivf, ids, x, queries=200)
+    ivf.set_search(nprobe=500)                      # capped at the 32 lists: exhaustive, so exact
+    assert ivf.search_params == {"nprobe": 32} and recall_at_k(ivf, ids, x, queries=200) == 1.0 > narrow
+    assert ItemIndex.build(ids, x, factory="HNSW16", ef_search=40).search_params == {"ef_search": 40}
+    assert ItemIndex.build(ids, x).search_params == {}
+
+
+# -- upserts -------------------------------------------------------------------------------
+def _changes(ids: list[str], x: np.ndarray):
+    """Base = first 1500 items; then 10 changed (vectors of items 1500+), 50 new, 10 deleted."""
+    changed, new, deleted = ids[10:20], ids[1600:1650], ids[100:110]
+    vectors = np.concatenate([x[1500:1510], x[1600:1650]])
+    content = dict(zip(ids[:1500], x[:1500]))
+    content.update(zip(changed + new, vectors))
+    for item in deleted:
+        del content[item]
+    return changed, new, deleted, vectors, content
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "IVF16,PQ16"])
+def test_upsert_gives_the_new_content_and_leaves_the_original(clustered, factory):
+    ids, x = clustered
+    base = ItemIndex.build(ids[:1500], x[:1500], factory=factory)
+    before, _ = base.search(x[:20], 5)
+    changed, new, deleted, vectors, content = _changes(ids, x)
+    assert base.supports_removal
+    updated = base.upsert(changed + new, vectors, delete=deleted)
+    assert sorted(updated.ids) == sorted(content) and updated.index.ntotal == len(content)
+    labels = dict(zip(updated.ids, updated.labels.tolist()))
+    assert [labels[i] for i in changed] == list(range(10, 20))             # changed items keep their label
+    assert sorted(labels[i] for i in new) == list(range(1500, 1550))       # new ones get fresh labels
+    unit = vectors[0] / np.linalg.norm(vectors[0])
+    np.testing.assert_allclose(updated.vector(changed[0]), unit, atol=0.1 if "PQ" in factory else 1e-6)
+    with pytest.raises(KeyError):
+        updated.vector(deleted[0])
+    assert len(base) == 1500 and base.search(x[:20], 5)[0] == before      # the original is untouched
+    assert base.vector(deleted[0]) is not None
+    fresh_ids, fresh_x = list(content), np.stack(list(content.values()))
+    fresh = ItemIndex.build(fresh_ids, fresh_x, factory=factory)           # as good as a rebuild
+    assert recall_at_k(updated, fresh_ids, fresh_x, 200) >= recall_at_k(fresh, fresh_ids, fresh_x, 200) - 0.1
+    if factory == "Flat":                                                   # exact: the same answers
+        a, sa = updated.search(fresh_x[:50], 10)
+        b, sb = fresh.search(fresh_x[:50], 10)
+        assert a == b
+        np.testing.assert_allclose(sa, sb, rtol=1e-5)
+
+
+def test_upsert_refuses_what_it_cannot_do(clustered):
+    ids, x = clustered
+    hnsw = ItemIndex.build(ids[:100], x[:100], factory="HNSW16")
+    assert not hnsw.supports_removal
+    with pytest.raises(ValueError, match="'HNSW16' index cannot remove vectors: rebuild"):
+        hnsw.upsert(ids[:1], x[:1])
+    flat = ItemIndex.build(ids[:100], x[:100])
+    with pytest.raises(KeyError, match="not in the index.*item-00500"):
+        flat.upsert([], np.empty((0, 32), np.float32), delete=["item-00500"])
+    with pytest.raises(ValueError, match="both upserted and deleted.*item-00001"):
+        flat.upsert(ids[1:2], x[1:2], delete=ids[1:2])
+    with pytest.raises(ValueError, match="4 dims, the index expects 32"):
+        flat.upsert(["new"], random_vectors(1, 4))
+    with pytest.raises(ValueError, match="leave the index empty"):
+        flat.upsert([], np.empty((0, 32), np.float32), delete=ids[:100])
+
+
+# -- versions: recall, updates, pruning ----------------------------------------------------
+def test_manifest_records_recall_and_id_map(store):
+    x = clustered_vectors(300, 16, clusters=6)
+    ids = write_run(store, "run-r", x)
+    flat = version_manifest(store, build_from_run(store, "run-r", IndexConfig()))
+    assert flat["recall_at_10"] == 1.0 and flat["recall_queries"] == 300 and flat["method"] == "build"
+    hnsw = version_manifest(store, build_from_run(store, "run-r", IndexConfig(factory="HNSW8", ef_search=10,
+                                                                              recall_sample=50)))
+    assert 0 < hnsw["recall_at_10"] <= 1 and hnsw["recall_queries"] == 50 and hnsw["ef_search"] == 10
+    assert load_index(store).search_params == {"ef_search": 10}
+    skipped = version_manifest(store, build_from_run(store, "run-r", IndexConfig(recall_sample=0)))
+    assert skipped["recall_at_10"] is None
+    id_map = store.read_parquet(f"index/{current_version(store)}/ids.parquet")
+    assert id_map.column_names == ["item_id", "faiss_id"] and id_map["item_id"].to_pylist() == ids
+
+
+def test_versions_without_labels_still_load(tmp_path):
+    store = Store(str(tmp_path / "s"))
+    write_run(store, "r", random_vectors(30, 4))
+    version = build_from_run(store, "r", IndexConfig())
+    ids = store.read_parquet(f"index/{version}/ids.parquet").select(["item_id"])
+    store.write_parquet(f"index/{version}/ids.parquet", ids)     # the id map before upserts existed
+    assert load_index(store).search_items(["item-00003"], k=2)[0][0][0] != "item-00003"
+
+
+@pytest.mark.parametrize("base, cfg, method", [
+    ("Flat", IndexConfig(), "upsert"),
+    ("IVF8,Flat", IndexConfig(factory="IVF8,Flat"), "upsert"),
+    ("HNSW16", IndexConfig(factory="HNSW16"), "rebuild"),
+    ("Flat", IndexConfig(factory="IVF8,Flat"), "rebuild"),     # the config names another type
+])
+def test_update_from_run_upserts_or_rebuilds(tmp_path, base, cfg, method):
+    store = Store(str(tmp_path / "s"))
+    ids, x = ids_for(2000), clustered_vectors(2000, 16, clusters=8)
+    write_run(store, "r1", x[:1500], ids=ids[:1500])
+    parent = build_from_run(store, "r1", IndexConfig(factory=base))
+    changed, new, deleted, _, content = _changes(ids, x)
+    write_run(store, "r2", np.stack(list(content.values())), ids=list(content))
+    version = update_from_run(store, "r2", cfg, upserted=changed + new, deleted=deleted)
+    manifest = version_manifest(store, version)
+    assert current_version(store) == version != parent
+    assert (manifest["method"], manifest["parent"], manifest["run"]) == (method, parent, "r2")
+    assert (manifest["factory"], manifest["upserted"], manifest["deleted"]) == (cfg.factory, 60, 10)
+    assert manifest["recall_at_10"] >= 0.9
+    index = load_index(store)
+    assert sorted(index.ids) == sorted(content)
+    np.testing.assert_allclose(index.vector(changed[0]), content[changed[0]] / np.linalg.norm(content[changed[0]]),
+                               rtol=1e-5)
+    assert load_index(store, parent).factory == base and len(load_index(store, parent)) == 1500
+
+
+def test_update_refuses_a_run_that_does_not_match(tmp_path):
+    store = Store(str(tmp_path / "s"))
+    ids, x = ids_for(60), random_vectors(60, 8)
+    write_run(store, "r1", x[:50], ids=ids[:50])
+    parent = build_from_run(store, "r1", IndexConfig())
+    write_run(store, "r2", x, ids=ids)      # 10 new items that the caller forgot to name
+    with pytest.raises(RuntimeError, match="does not give the items of run r2: not published"):
+        update_from_run(store, "r2", IndexConfig(), upserted=[], deleted=[])
+    with pytest.raises(KeyError, match="lacks 1 upserted items.*ghost"):
+        update_from_run(store, "r2", IndexConfig(), upserted=["ghost"], deleted=[])
+    assert current_version(store) == parent and list_versions(store) == [parent]
+
+
+def test_prune_keeps_the_newest_and_current(tmp_path):
+    from jobs.index import main as index_main
+
+    store = Store(str(tmp_path / "s"))
+    write_run(store, "r", random_vectors(30, 4))
+    with pytest.raises(ValueError, match="keep must be >= 0"):
+        prune_versions(store, -1)
+    assert prune_versions(store, 0) == []
+    v1, v2, v3, v4 = (build_from_run(store, "r", IndexConfig()) for _ in range(4))
+    set_current(store, v1)
+    assert prune_versions(store, keep=2) == [v2]
+    assert list_versions(store) == [v1, v3, v4] and not store.exists(f"index/{v2}")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"storage:\n  uri: {store.uri}\n")
+    index_main(config=config, dataset=None, prune=True, keep=0)       # `guidedrec index --prune --keep 0`
+    assert list_versions(store) == [v1] and current_version(store) == v1 and len(load_index(store)) == 30

@@ -1,0 +1,277 @@
+"""The query service: one FastAPI app over the CURRENT index version and its run's SRS model.
+
+The same app runs under uvicorn or as a Ray Serve deployment (jobs/serve.py). Everything a
+request reads sits in one immutable `Snapshot`; a background thread polls storage and, when
+CURRENT (or the published model) changes, loads the new one beside the old and swaps a single
+reference. A request takes the reference once, so it never mixes two versions and requests in
+flight during a swap finish on the version they started with.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from cluster.config import ServeConfig
+from cluster.storage import StorageError, Store
+from index.faiss_index import ItemIndex
+from index.recommender import NoModelError, Recommender, find_model
+from index.versions import NoIndexError, current_version, item_titles, load_index, version_manifest
+
+log = logging.getLogger(__name__)
+TOKEN_ENV = "GUIDEDREC_TOKEN"
+
+
+# -- what is served ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Snapshot:
+    """One index version with its titles and its run's SRS model, replaced only as a whole."""
+
+    version: str
+    manifest: dict
+    index: ItemIndex
+    titles: dict[str, str]
+    model: Recommender | None
+    model_key: tuple[str, str] | None   # (dir, manifest) of the published model: a new one means reload
+    model_problem: str | None   # why /recommend cannot answer (None when `model` is set)
+
+
+def _model_key(store: Store, run: str, source: str | None) -> tuple[tuple[str, str] | None, str | None]:
+    """(key, None) for the model to serve, or (None, what is missing)."""
+    try:
+        rel = find_model(store, run, source)
+    except NoModelError as e:
+        return None, str(e)
+    return (rel, json.dumps(store.manifest(rel), sort_keys=True)), None
+
+
+def _load_model(store: Store, key: tuple[str, str] | None, problem: str | None) -> dict:
+    """The Snapshot fields for the model named by `key` (from _model_key)."""
+    if key is None:
+        return {"model": None, "model_key": None, "model_problem": problem}
+    rel = key[0]
+    try:
+        return {"model": Recommender.load(store, rel), "model_key": key, "model_problem": None}
+    except Exception as e:   # a broken model must not take the index down; keyed, so not retried every poll
+        log.exception("cannot load the SRS model %s", store.full_uri(rel))
+        return {"model": None, "model_key": key, "model_problem": f"the SRS model {store.full_uri(rel)} cannot be loaded: {e}"}
+
+
+def load_snapshot(store: Store, version: str, source: str | None = None) -> Snapshot:
+    """Index `version`, its catalog's titles and the newest model of the run it was built from."""
+    manifest = version_manifest(store, version)
+    index = load_index(store, version)
+    try:
+        titles = item_titles(store, manifest, index.ids)
+    except StorageError as e:
+        log.warning("serving index %s without titles: %s", version, e)
+        titles = {}
+    model = _load_model(store, *_model_key(store, manifest["run"], source))
+    return Snapshot(version, manifest, index, titles, **model)
+
+
+class LiveIndex:
+    """The Snapshot being served; `refresh` (the poller's step) swaps in what storage now names."""
+
+    def __init__(self, store: Store, cfg: ServeConfig):
+        self.store = store
+        self.cfg = cfg
+        self.snapshot: Snapshot | None = None
+        self.waiting_for: str | None = None   # why there is no snapshot yet
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Load a new CURRENT version, or a newly published model for the served run; True if swapped."""
+        try:
+            version = current_version(self.store)
+        except NoIndexError as e:
+            self.waiting_for = str(e)
+            return False
+        snap = self.snapshot
+        if snap is None or snap.version != version:
+            self.snapshot = load_snapshot(self.store, version, self.cfg.model_source)
+            log.info("serving index %s (%d items)", version, len(self.snapshot.index))
+            return True
+        key, problem = _model_key(self.store, snap.manifest["run"], self.cfg.model_source)
+        if key == snap.model_key:
+            return False
+        self.snapshot = replace(snap, **_load_model(self.store, key, problem))
+        log.info("serving SRS model %s", self.snapshot.model.where if self.snapshot.model else None)
+        return True
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.cfg.poll_seconds):
+            try:
+                self.refresh()
+            except Exception:   # a storage hiccup must not kill the poller: keep serving, retry next time
+                log.exception("index refresh failed; still serving %s", self.snapshot and self.snapshot.version)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._poll, name="index-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+# -- requests and responses ----------------------------------------------------------------
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float = Field(description="Cosine or inner product (higher is closer), squared L2 distance "
+                                     "for l2 indexes, the SRS model's <user, item> for /recommend.")
+    title: str | None = None
+
+
+class ItemsResponse(BaseModel):
+    version: str = Field(description="The index version that answered.")
+    model: str | None = Field(None, description="The SRS model that answered (/recommend only).")
+    items: list[ScoredItem]
+
+
+class SearchRequest(BaseModel):
+    vector: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(min_length=1)
+    k: int = Field(10, ge=1)
+    exclude: list[str] = Field(default_factory=list, description="Item ids to leave out.")
+
+
+class RecommendRequest(BaseModel):
+    items: list[str] = Field(min_length=1, description="The user's items, oldest first.")
+    k: int = Field(10, ge=1)
+    exclude_seen: bool = Field(True, description="Leave out the items of the sequence.")
+    exclude: list[str] = Field(default_factory=list, description="More item ids to leave out.")
+
+
+class Health(BaseModel):
+    status: str
+    version: str | None = None
+    count: int | None = None
+    run: str | None = None
+    metric: str | None = None
+    dims: int | None = None
+    model: str | None = None
+    detail: str | None = None
+
+
+def _scored(snap: Snapshot, ids: list[str], scores: Iterable[float], exclude: set[str], k: int) -> list[ScoredItem]:
+    kept = [(i, float(s)) for i, s in zip(ids, scores) if i not in exclude][:k]
+    return [ScoredItem(item_id=i, score=s, title=snap.titles.get(i)) for i, s in kept]
+
+
+def _bearer_check(token: str):
+    """A dependency that answers 401 unless the request carries `Authorization: Bearer <token>`."""
+    bearer = HTTPBearer(auto_error=False)
+
+    def check(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if cred is None or not secrets.compare_digest(cred.credentials.encode(), token.encode()):
+            raise HTTPException(401, "a valid bearer token is required: Authorization: Bearer <token>",
+                                headers={"WWW-Authenticate": "Bearer"})
+    return check
+
+
+# -- the app -------------------------------------------------------------------------------
+def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
+    """The service over `store`; loads the CURRENT version now, polls for new ones while running."""
+    live = LiveIndex(store, cfg)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        live.start()
+        yield
+        live.stop()
+
+    app = FastAPI(title="guidedrec", version="0.1.0", lifespan=lifespan,
+                  description="Nearest items and next-item recommendations over the CURRENT index version.")
+    app.state.live = live
+    token = cfg.token.get_secret_value() if cfg.token else os.environ.get(TOKEN_ENV)
+    api = APIRouter(dependencies=[Depends(_bearer_check(token))] if token else [])
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 naming each bad field, without echoing the input (a NaN would not even encode: 500)."""
+        detail = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    def served() -> Snapshot:
+        snap = live.snapshot   # read once: the whole request uses this version
+        if snap is None:
+            raise HTTPException(503, live.waiting_for)
+        return snap
+
+    def check_k(k: int) -> None:
+        if k > cfg.max_k:
+            raise HTTPException(422, f"k={k} is above this service's max_k={cfg.max_k}")
+
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
+    def healthz():
+        """Liveness and what is served (no token needed: it shows no catalog data)."""
+        snap = live.snapshot
+        if snap is None:
+            return JSONResponse(Health(status="no index", detail=live.waiting_for).model_dump(), status_code=503)
+        return Health(status="ok", version=snap.version, count=len(snap.index), run=snap.manifest["run"],
+                      metric=snap.index.metric, dims=snap.index.dims,
+                      model=snap.model.where if snap.model else None, detail=snap.model_problem)
+
+    @api.get("/items/{item_id}/similar")
+    def similar(item_id: str, k: int = Query(10, ge=1), exclude: str = Query(
+            "", description="Comma-separated item ids to leave out.")) -> ItemsResponse:
+        """The k nearest items of an indexed item (never the item itself)."""
+        check_k(k)
+        snap = served()
+        excluded = {e for e in exclude.split(",") if e}
+        try:
+            found, scores = snap.index.search_items([item_id], k + len(excluded))
+        except KeyError as e:
+            raise HTTPException(404, f"{e.args[0]} (version {snap.version})") from None
+        return ItemsResponse(version=snap.version, items=_scored(snap, found[0], scores[0], excluded, k))
+
+    @api.post("/search")
+    def search(req: SearchRequest) -> ItemsResponse:
+        """The k nearest items of a raw vector in the index's embedding space."""
+        check_k(req.k)
+        snap = served()
+        if len(req.vector) != snap.index.dims:
+            raise HTTPException(422, f"vector has {len(req.vector)} dims, index {snap.version} expects {snap.index.dims}")
+        vector = np.asarray(req.vector, dtype=np.float32)
+        if not np.isfinite(vector).all():
+            raise HTTPException(422, "vector values must fit in float32")
+        if snap.index.metric == "cosine" and not vector.any():
+            raise HTTPException(422, "a zero vector has no cosine direction")
+        excluded = set(req.exclude)
+        found, scores = snap.index.search(vector, req.k + len(excluded))
+        return ItemsResponse(version=snap.version, items=_scored(snap, found[0], scores[0], excluded, req.k))
+
+    @api.post("/recommend", responses={409: {"description": "No trained SRS model for the served run."}})
+    def recommend(req: RecommendRequest) -> ItemsResponse:
+        """The k items the SRS model ranks next after the user's sequence."""
+        check_k(req.k)
+        snap = served()
+        if snap.model is None:
+            raise HTTPException(409, snap.model_problem)
+        excluded = set(req.exclude) | (set(req.items) if req.exclude_seen else set())
+        try:
+            ids, scores = snap.model.recommend(req.items, req.k, excluded)
+        except KeyError as e:
+            raise HTTPException(404, e.args[0]) from None
+        return ItemsResponse(version=snap.version, model=snap.model.where,
+                             items=_scored(snap, ids, scores, set(), req.k))
+
+    app.include_router(api)
+    return app
