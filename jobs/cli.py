@@ -6,7 +6,7 @@ import sys
 import typer
 
 from cluster import ConfigError
-from jobs import embed, index, ingest, pipeline, query, train
+from jobs import embed, index, ingest, pipeline, query, serve, train, update
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="LLM-guided item embeddings for sequential recommendation, as Ray jobs.")
@@ -16,6 +16,8 @@ app.command("index")(index.main)
 app.command("train")(train.main)
 app.command("query")(query.main)
 app.command("pipeline")(pipeline.main)
+app.command("serve")(serve.main)
+app.command("update")(update.main)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from jobs.ingest import catalog_dir
 from llm.runs import aligned_vectors
 from srs import popularity_metrics, train_srs
 
-REPORT_METRICS = ["HR@10", "NDCG@10", "MRR"]
+REPORT_METRICS = ["HR@10", "NDCG@10", "MRR", "tail/HR@10"]
 
 
 def run_train(cfg: Config, store: Store | None = None) -> dict[str, dict[str, float]]:
@@ -35,10 +35,14 @@ def run_train(cfg: Config, store: Store | None = None) -> dict[str, dict[str, fl
     item_ids = [i for i in store.read_parquet(f"{cat_dir}/items.parquet")["item_id"].to_pylist() if i in seen]
     run = run_name(cfg)
     results: dict[str, dict[str, float]] = {"popularity": popularity_metrics(sequences)}
-    for source in cfg.srs.sources:
+    id_items = None  # the ID model's item table: LLMEmb's alignment target, so it is not trained twice
+    for source in sorted(cfg.srs.sources, key=lambda s: s != "id"):
         vectors = aligned_vectors(store, run, item_ids) if source != "id" else None
         result = train_srs(sequences, item_ids, cfg.srs, source, item_embeddings=vectors,
+                           id_item_embeddings=id_items if source != "id" else None,
                            storage_path=store.path(f"ray-train/{run}"), storage_filesystem=store.fs)
+        if source == "id":
+            id_items = result.item_table
         publish_model(store, f"models/{run}/{source}", result, item_ids)
         results[source] = {**result.test, "epochs": result.epochs, "seconds": round(result.seconds, 1)}
     store.write_json(f"reports/{run}/metrics.json", results)
@@ -60,13 +64,13 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     head = "| source | " + " | ".join(REPORT_METRICS) + " |"
     rows = [head, "|" + "---|" * (len(REPORT_METRICS) + 1)]
     for source, m in results.items():
-        rows.append(f"| {source} | " + " | ".join(f"{m[k]:.4f}" for k in REPORT_METRICS) + " |")
+        rows.append(f"| {source} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in REPORT_METRICS) + " |")
     return "\n".join(rows)
 
 
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
          dataset: str = typer.Option(None, help="Override dataset.name")) -> None:
-    """Train SASRec per embedding source and print HR@10 / NDCG@10 / MRR."""
+    """Train the sequential recommender per embedding source and print HR@10 / NDCG@10 / MRR / tail HR@10."""
     cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
     run_train(cfg)
 

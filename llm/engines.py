@@ -51,7 +51,9 @@ class Engine:
 
     def __init__(self, cfg: ModelConfig):
         from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # the job's own progress bar is the one users read
         self.cfg = cfg
         self.model_path = str(resolve_model_path(cfg.path, cfg.cache_dir))
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)

@@ -1,9 +1,11 @@
 """A user submits the embedding job to a running Ray cluster through the Jobs SDK."""
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ def _free_port() -> int:
 def ray_head(tmp_path):
     """`ray start --head --block` on loopback in its own process group: stopping it stops only it."""
     port, dash = _free_port(), _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rj-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     ray_bin = str(Path(sys.executable).with_name("ray"))
@@ -31,7 +34,7 @@ def ray_head(tmp_path):
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-         "--object-store-memory=300000000", "--disable-usage-stats", f"--temp-dir={tmp_path / 'ray'}"],
+         "--object-store-memory=300000000", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:
@@ -47,12 +50,22 @@ def ray_head(tmp_path):
                     raise RuntimeError(f"Ray head did not start: {(tmp_path / 'head.log').read_text()[-2000:]}")
                 time.sleep(2)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop_group(proc)
         log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @pytest.mark.slow
