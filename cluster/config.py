@@ -83,8 +83,8 @@ class IndexConfig(_Section):
     metric: Literal["ip", "cosine", "l2"] = "cosine"
     nprobe: int | None = Field(None, ge=1, description="IVF lists probed per query (None: 1/16 of the lists, at least 8).")
     ef_search: int | None = Field(None, ge=1, description="HNSW efSearch (None: 128).")
-    recall_sample: int = Field(1000, ge=0, description="Indexed vectors used as queries to measure recall@10 "
-                               "against exact search at build time (0: skip).")
+    recall_sample: int = Field(500, ge=0, description="Indexed vectors used as queries to measure recall@10 "
+                               "against exact search at build time (costs sample x items x dims; 0: skip).")
 
 
 class SRSConfig(_Section):
