@@ -61,6 +61,8 @@ class ModelConfig(_Section):
     max_prompt_tokens: int = Field(128, ge=8, description="Longer prompts are truncated (and counted).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     cache_dir: str | None = Field(None, description="Where the converted default model is cached (default ~/.cache/guidedrec).")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism for models larger than one GPU; "
+                                      "set embed.gpus_per_actor to match.")
     memory_fraction: float | None = Field(
         None, gt=0, le=1, description="vLLM gpu_memory_utilization; on CPU it is a fraction of host memory "
         "(None: 0.9 with a GPU, 0.2 on CPU, where other processes share the RAM).")

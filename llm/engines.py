@@ -226,6 +226,7 @@ class VLLMEngine(Engine):
             kwargs = dict(model=self.model_path, max_model_len=max(self.cfg.max_prompt_tokens + 256, 512),
                           enforce_eager=not gpu, enable_lora=True, max_lora_rank=self.max_lora_rank,
                           gpu_memory_utilization=self.cfg.memory_fraction or (0.9 if gpu else 0.2),
+                          tensor_parallel_size=self.cfg.tensor_parallel_size,
                           dtype="bfloat16" if self.cfg.dtype == "auto" else self.cfg.dtype, seed=0)
             if runner == "pooling":  # raw mean pooling (LLMEmb): vLLM's default would L2-normalize
                 from vllm.config import PoolerConfig

@@ -20,6 +20,7 @@ def e2e(s3_server, ray_local, data_root, tmp_path_factory):
                     "s3": {"endpoint": s3_server.endpoint, "access_key": s3_server.access_key,
                            "secret_key": s3_server.secret_key}},
         "dataset": {"name": "amazon-scientific-mini", "data_root": str(data_root)},
+        "model": {"max_prompt_tokens": 64},  # half the CPU of the default 128; the checks do not depend on it
         "embed": {"batch_size": 32},
         "srs": {"epochs": 40, "patience": 5},
     }
