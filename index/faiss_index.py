@@ -119,7 +119,8 @@ class ItemIndex:
     @property
     def supports_removal(self) -> bool:
         """Flat-coded (Flat, PQ, SQ) and IVF indexes remove vectors in place; graphs (HNSW) cannot."""
-        return faiss.try_extract_index_ivf(self.index) is not None or isinstance(_base(self.index), faiss.IndexFlatCodes)
+        ivf = faiss.try_extract_index_ivf(self.index)
+        return ivf is not None or isinstance(_base(self.index), faiss.IndexFlatCodes)
 
     def upsert(self, ids: list[str], vectors: np.ndarray, delete: Iterable[str] = ()) -> "ItemIndex":
         """A copy with `delete` removed and `ids` inserted or replaced; this index is left untouched.
