@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from cluster.storage import Store
@@ -80,15 +81,28 @@ def test_embed_job_submitted_through_jobs_sdk(ray_head, tmp_path):
         "dataset": {"name": "synthetic", "synthetic_items": 60, "synthetic_users": 120},
         "embed": {"batch_size": 16, "cpus_per_actor": 1.0},
     }))
-    job = ray_head.submit_job(
-        entrypoint=f"python -m jobs.embed --config {config}",
-        runtime_env={"working_dir": str(REPO), "excludes": [".venv", ".git", "store"],
-                     "env_vars": {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}},
-    )
+    job, deadline = None, time.time() + 120
+    while job is None:  # the dashboard answers before the node's job agent has registered
+        try:
+            job = ray_head.submit_job(
+                entrypoint=f"python -m jobs.embed --config {config}",
+                runtime_env={"working_dir": str(REPO), "excludes": [".venv", ".git", "store"],
+                             "env_vars": {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}},
+            )
+        except (RuntimeError, requests.ConnectionError) as e:  # a busy dashboard drops connections too
+            if ("No available agent" not in str(e) and not isinstance(e, requests.ConnectionError)) \
+                    or time.time() > deadline:
+                raise
+            time.sleep(2)
     deadline = time.time() + 400
-    while (status := ray_head.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+    status = None
+    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.time() < deadline, "job did not finish in time"
         time.sleep(3)
+        try:
+            status = ray_head.get_job_status(job)
+        except requests.ConnectionError:
+            continue
     logs = ray_head.get_job_logs(job)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     store = Store(str(store_dir))
