@@ -85,7 +85,7 @@ def test_embed_job_submitted_through_jobs_sdk(ray_head, tmp_path):
     while job is None:  # the dashboard answers before the node's job agent has registered
         try:
             job = ray_head.submit_job(
-                entrypoint=f"python -m jobs.embed --config {config}",
+                entrypoint=f"{sys.executable} -m jobs.embed --config {config}",  # the venv that started the head
                 runtime_env={"working_dir": str(REPO), "excludes": [".venv", ".git", "store"],
                              "env_vars": {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}},
             )
