@@ -5,7 +5,7 @@ import sys
 
 import typer
 
-from cluster import ConfigError
+from cluster import ConfigError, StorageError
 from jobs import embed, index, ingest, pipeline, query, serve, train, update
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -24,7 +24,7 @@ def main() -> None:
     """Console entry point: config and input errors print one clear line, not a traceback."""
     try:
         app(standalone_mode=False)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
+    except (ConfigError, StorageError, FileNotFoundError, ValueError, KeyError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)
 
