@@ -25,8 +25,13 @@ def _free_port() -> int:
 
 @pytest.fixture()
 def ray_head(tmp_path):
-    """`ray start --head --block` on loopback in its own process group: stopping it stops only it."""
-    port, dash = _free_port(), _free_port()
+    """`ray start --head --block` on loopback in its own process group: stopping it stops only it.
+
+    Every port is a free one: the session's local Ray instance already holds the dashboard agent's
+    default 52365, and an agent that cannot bind it stays up without its HTTP server, so every
+    submission then fails with "No available agent".
+    """
+    port, dash, agent_http, agent_grpc, runtime_env, metrics = (_free_port() for _ in range(6))
     temp_dir = tempfile.mkdtemp(prefix="rj-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
@@ -34,7 +39,9 @@ def ray_head(tmp_path):
     log = open(tmp_path / "head.log", "w")
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}", "--num-cpus=2",
          "--object-store-memory=300000000", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
