@@ -13,7 +13,7 @@ from catalog.schemas import Catalog
 _EXTENSIONS = (".parquet", ".csv", ".jsonl", ".csv.gz", ".jsonl.gz")
 
 
-def _data_file(directory: Path, stem: str) -> Path:
+def data_file(directory: Path, stem: str) -> Path:
     for ext in _EXTENSIONS:
         path = directory / f"{stem}{ext}"
         if path.is_file():
@@ -56,10 +56,10 @@ def load_directory(directory: Path, k: int) -> Catalog:
     """Every non-id column of the items file is prompt text; interactions without `ts` use file order."""
     domain = _domain(directory)  # a bad catalog.json fails before any data is read
     items = ItemCollector()
-    for rec in read_records(_data_file(directory, "items"), ("item_id",))[1]:
+    for rec in read_records(data_file(directory, "items"), ("item_id",))[1]:
         items.add_record(rec)
 
-    columns, records = read_records(_data_file(directory, "interactions"), ("user_id", "item_id"))
+    columns, records = read_records(data_file(directory, "interactions"), ("user_id", "item_id"))
     users, item_ids, ts, dropped = [], [], [], 0
     for position, rec in enumerate(records):
         stamp = _timestamp(rec.fields.get("ts")) if "ts" in columns else position

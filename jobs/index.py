@@ -11,12 +11,12 @@ import typer
 
 from cluster import Config, Store, load_config, store_from_config
 from index import build_from_run, prune_versions, version_manifest
-from jobs.embed import run_name
+from jobs.update import live_run
 
 
 def run_index(cfg: Config, store: Store | None = None) -> str:
     store = store or store_from_config(cfg)
-    version = build_from_run(store, run_name(cfg), cfg.index)
+    version = build_from_run(store, live_run(cfg, store), cfg.index)
     recall = version_manifest(store, version)["recall_at_10"]
     print(f"index {version} ({cfg.index.factory}, {cfg.index.metric}, recall@10 {recall}) is CURRENT "
           f"under {store.full_uri('index')}", flush=True)

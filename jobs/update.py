@@ -1,6 +1,7 @@
 """Incremental update: a new catalog -> a new embeddings run and index version, embedding only what changed.
 
-    guidedrec update --catalog new_items.parquet --config ray_config.yaml
+    guidedrec update --catalog new_items.parquet --config ray_config.yaml      # the whole new catalog
+    guidedrec update --catalog changes.jsonl --delta --delete gone.txt         # a change feed
     python -m jobs.update --catalog catalog_dir/ --config ray_config.yaml
 
 The live state is the run the CURRENT index was built from. Items are matched to its rows by
@@ -22,30 +23,63 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import typer
 
-from catalog.build import ItemCollector
-from catalog.generic import _data_file
+from catalog.build import ItemCollector, clean_id
+from catalog.generic import data_file
 from catalog.readers import read_records
 from cluster import Config, Store, load_config, store_from_config
-from index import current_version, update_from_run, version_manifest
-from jobs.embed import commit_run, embed_items
+from index import NoIndexError, current_version, update_from_run, version_manifest
+from jobs.embed import commit_run, embed_items, run_name
 from llm.stages import embedding_schema
 
 COPY_PART = "unchanged.parquet"   # beside embed_items' part-NNNNNN.parquet files
 _UPDATE_SUFFIX = re.compile(r"-u\d{8}T\d{6}\d*Z$")
 
 
-def load_items(path: Path) -> tuple[pa.Table, pa.Table]:
+def load_items(path: Path, base: pa.Table | None = None, deleted: list[str] = ()) -> tuple[pa.Table, pa.Table]:
     """(items, quarantine) of an items file, or of the items file of a catalog directory, validated
-    and hashed by the same rules as ingest (bad, duplicate and empty rows go to quarantine)."""
-    if not path.exists():
-        raise FileNotFoundError(f"catalog not found: {path}")
+    and hashed by the same rules as ingest (bad, duplicate and empty rows go to quarantine).
+
+    With `base` (a live catalog), the file is a change feed: its rows replace or add items, the
+    `deleted` ids go, and every other base item stays as it is.
+    """
     collector = ItemCollector()
-    for rec in read_records(_data_file(path, "items") if path.is_dir() else path, ("item_id",))[1]:
+    records = []
+    if path is not None:
+        if not path.exists():
+            raise FileNotFoundError(f"catalog not found: {path}")
+        records = read_records(data_file(path, "items") if path.is_dir() else path, ("item_id",))[1]
+    if base is not None:
+        changed = {clean_id(rec.fields.get("item_id")) for rec in records if not rec.problem} - {None}
+        _check_deletions(base, deleted, changed)
+        gone = changed | set(deleted)
+        for row in base.drop_columns(["content_hash"]).to_pylist():
+            if row["item_id"] not in gone:
+                collector.add(row["item_id"], row, "")
+    for rec in records:
         collector.add_record(rec)
     items, quarantine = collector.tables()
     if not items.num_rows:
         raise ValueError(f"{path}: no valid items ({quarantine.num_rows} rows quarantined)")
     return items, quarantine
+
+
+def _check_deletions(base: pa.Table, deleted: list[str], changed: set[str]) -> None:
+    unknown = sorted(set(deleted) - set(base["item_id"].to_pylist()))
+    if unknown:
+        raise ValueError(f"cannot delete {len(unknown)} item(s) the live catalog does not hold: {unknown[:5]}")
+    both = sorted(changed & set(deleted))
+    if both:
+        raise ValueError(f"{len(both)} item(s) are both updated and deleted: {both[:5]}")
+
+
+def read_deletions(path: Path | None) -> list[str]:
+    """Item ids to delete, one per line (blank lines and # comments skipped)."""
+    if path is None:
+        return []
+    if not path.exists():
+        raise FileNotFoundError(f"deletions file not found: {path}")
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line]
 
 
 @dataclass
@@ -104,6 +138,17 @@ def update_run_name(parent: str) -> str:
     return f"{_UPDATE_SUFFIX.sub('', parent)}-u{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}"
 
 
+def live_run(cfg: Config, store: Store) -> str:
+    """The configured run, or the update of it that CURRENT serves: rebuilding the index or training
+    after `guidedrec update` must start from the updated items, not the run they replaced."""
+    configured = run_name(cfg)
+    try:
+        served = version_manifest(store, current_version(store))["run"]
+    except NoIndexError:
+        return configured
+    return served if _UPDATE_SUFFIX.sub("", served) == configured else configured
+
+
 def _live_run(cfg: Config, store: Store) -> tuple[str, dict, str]:
     """(run, its manifest, its catalog's domain) behind CURRENT; refuses what an update cannot extend."""
     run = version_manifest(store, current_version(store))["run"]
@@ -118,12 +163,17 @@ def _live_run(cfg: Config, store: Store) -> tuple[str, dict, str]:
     return run, manifest, domain
 
 
-def run_update(cfg: Config, catalog: Path, store: Store | None = None) -> dict:
-    """Bring the live run and index up to the items at `catalog`; returns the summary (also printed)."""
+def run_update(cfg: Config, catalog: Path | None, store: Store | None = None, delta: bool = False,
+               deleted: list[str] = ()) -> dict:
+    """Bring the live run and index up to the items at `catalog` (with `delta`: the live items changed by
+    `catalog`'s rows and `deleted`); returns the summary (also printed)."""
     started = time.time()
     store = store or store_from_config(cfg)
-    items, quarantine = load_items(Path(catalog))
+    if catalog is None and not (delta and deleted):
+        raise ValueError("nothing to update: give --catalog, or --delta with --delete")
     parent, parent_manifest, domain = _live_run(cfg, store)
+    base = store.read_parquet(parent_manifest["catalog"]) if delta else None
+    items, quarantine = load_items(Path(catalog) if catalog else None, base, list(deleted))
     old = store.read_parquet(f"embeddings/{parent}").select(embedding_schema(parent_manifest["dims"]).names)
     d = diff_items(old, items)
     counts = d.counts()
@@ -146,7 +196,8 @@ def run_update(cfg: Config, catalog: Path, store: Store | None = None) -> dict:
     if copied.num_rows:
         store.write_parquet(f"{out}/{COPY_PART}", copied)
     store.commit(cat_dir, {"name": run, "domain": domain, "items": items.num_rows, "quarantined": quarantine.num_rows,
-                           "source": str(catalog), "parent": parent_manifest["catalog"]})
+                           "source": str(catalog), "delta": delta, "deleted": list(deleted),
+                           "parent": parent_manifest["catalog"]})
     summary = commit_run(cfg, store, run, catalog_rel=f"{cat_dir}/items.parquet", expected_rows=items.num_rows,
                          started=started, parent=parent,
                          extra={"counts": counts, "quarantined": quarantine.num_rows, "embed": timing})
@@ -158,11 +209,15 @@ def run_update(cfg: Config, catalog: Path, store: Store | None = None) -> dict:
     return {"run": run, "version": version, "method": method, "counts": counts, "seconds": seconds}
 
 
-def main(catalog: Path = typer.Option(..., help="The new catalog: an items file (.parquet/.csv/.jsonl) or a "
-                                      "directory holding one; items missing from it are deleted"),
+def main(catalog: Path = typer.Option(None, help="The new catalog: an items file (.parquet/.csv/.jsonl) or a "
+                                      "directory holding one; items missing from it are deleted (unless --delta)"),
+         delta: bool = typer.Option(False, help="--catalog holds only new and changed items; the rest stay"),
+         delete: Path = typer.Option(None, help="With --delta: a file of item ids to delete, one per line"),
          config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)")) -> None:
     """Re-embed only new and changed items, copy the rest, and publish a new index version."""
-    run_update(load_config(config), catalog)
+    if delete is not None and not delta:
+        raise ValueError("--delete needs --delta (without it, items missing from --catalog are deleted)")
+    run_update(load_config(config), catalog, delta=delta, deleted=read_deletions(delete))
 
 
 if __name__ == "__main__":

@@ -206,3 +206,43 @@ def test_bad_input_fails_clearly_and_commits_nothing(world, monkeypatch, capsys)
         cli.main()
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "error: catalog not found" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_change_feed_touches_only_its_items(world):
+    cfg, store, root = world["cfg"], world["store"], world["root"]
+    parent = version_manifest(store)["run"]
+    live = store.read_parquet(f"catalog/{parent}/items.parquet")
+    rows = live.select(TEXT).to_pylist()
+    changed, gone = rows[0], rows[1]["item_id"]
+    feed = root / "feed.jsonl"
+    feed.write_text(json.dumps({**changed, "title": changed["title"] + " (refill)"}) + "\n")
+    deletions = root / "gone.txt"
+    deletions.write_text(f"# discontinued\n{gone}\n")
+    from jobs.update import read_deletions
+
+    for deleted, message in (([gone, "NOT-AN-ITEM"], r"cannot delete 1 item\(s\) .*\['NOT-AN-ITEM'\]"),
+                             ([changed["item_id"]], r"both updated and deleted")):
+        with pytest.raises(ValueError, match=message):
+            run_update(cfg, feed, store, delta=True, deleted=deleted)
+    assert version_manifest(store)["run"] == parent                      # refused before any write
+    summary = run_update(cfg, feed, store, delta=True, deleted=read_deletions(deletions))
+    assert summary["counts"] == {"new": 0, "changed": 1, "deleted": 1, "unchanged": live.num_rows - 2,
+                                 "embedded": 1, "reused": 0}
+    items = store.read_parquet(f"catalog/{summary['run']}/items.parquet")
+    assert sorted(items["item_id"].to_pylist()) == sorted(set(live["item_id"].to_pylist()) - {gone})
+    kept = {r["item_id"]: r for r in items.to_pylist()}
+    assert kept[changed["item_id"]]["title"].endswith("(refill)")
+    assert kept[rows[2]["item_id"]]["content_hash"] == live["content_hash"][2].as_py()   # the rest as they were
+    assert sorted(load_index(store).ids) == sorted(kept)
+
+
+@pytest.mark.slow
+def test_rebuilding_the_index_after_an_update_keeps_the_updated_items(world):
+    cfg, store = world["cfg"], world["store"]
+    served = version_manifest(store)["run"]
+    assert served != world["base_run"]
+    version = run_index(cfg.model_copy(update={"index": cfg.index.model_copy(update={"factory": "HNSW16"})}), store)
+    assert version_manifest(store, version)["run"] == served
+    assert sorted(load_index(store).ids) == sorted(store.read_parquet(f"catalog/{served}/items.parquet")["item_id"]
+                                                   .to_pylist())
