@@ -3,10 +3,12 @@
 Each worker builds the data and model (backbone `cfg.model` over the item source), trains on its
 shard of the users (DDP when num_workers > 1); rank 0 evaluates validation NDCG@10 after every
 epoch (full or sampled ranking, `cfg.ranking`), early-stops with `patience`, keeps the best
-weights and evaluates the test set with them. The result is reported once, with a checkpoint
-holding the best weights and the precomputed item table (safetensors), because Ray Train V2
-keeps only metrics that come with a checkpoint (Result.metrics). The epoch loop itself (`fit`)
-knows nothing of Ray, so it also runs in-process.
+weights and evaluates the test set with them. Every epoch ends with a checkpoint of the whole
+training state (weights, optimizer, early-stopping bookkeeping, random generators), so a run
+whose driver dies resumes where it stopped when it is started again with the same inputs and
+storage (its Ray Train run name is derived from them) and ends exactly as an uninterrupted run.
+The final report holds the best weights and the precomputed item table (safetensors). The epoch
+loop itself (`fit`) knows nothing of Ray, so it also runs in-process.
 
 Sources that need a pre-trained ID model (LLMEmb's alignment target, TSLRec's categories) get
 one from the caller (`id_item_embeddings`) or, when none is passed, from a first `train_srs`
@@ -14,6 +16,7 @@ run of source "id" with the same backbone and config, whose best item table is u
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -29,7 +32,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.collective import broadcast_from_rank_zero
 from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file, save_file
@@ -49,7 +52,8 @@ log = logging.getLogger(__name__)
 class SRSResult:
     """Test metrics (overall and "tail/") of the best-validation epoch. `seconds` is the whole
     call (Ray worker start and any ID pre-training included); `seconds_per_epoch` is training
-    plus validation time per epoch on rank 0. `checkpoint` is the best weights' directory on
+    plus validation time per epoch on rank 0, `train_seconds_per_epoch` training alone;
+    `resumed_from` the last epoch a previous attempt had finished (0: a fresh run). `checkpoint` is the best weights' directory on
     the storage filesystem when `storage_path` was given (None when a temporary directory was
     used). `valid_curve` is validation NDCG@10 per epoch; `item_table` the best model's item
     embeddings [n_items, d] (row i = item_ids[i]), what serving loads."""
@@ -60,6 +64,8 @@ class SRSResult:
     epochs: int
     seconds: float
     seconds_per_epoch: float
+    train_seconds_per_epoch: float = 0.0
+    resumed_from: int = 0
     checkpoint: str | None = None
     valid_curve: list[float] = field(default_factory=list)
     item_table: np.ndarray | None = None
@@ -103,6 +109,11 @@ class Fitted:
     epochs: int
     valid_curve: list[float]
     seconds_per_epoch: float
+    train_seconds_per_epoch: float
+    resumed_from: int = 0
+
+
+EPOCH_STATE = "epoch_state.pt"
 
 
 def fit(
@@ -114,10 +125,15 @@ def fit(
     world_size: int = 1,
     stop_all: Callable[[bool], bool] = lambda stop: stop,
     name: str = "",
+    resume: dict | None = None,
+    on_epoch: Callable[[dict | None], None] = lambda state: None,
 ) -> Fitted | None:
     """Train `model` (a SeqRecommender, or DDP around one) with early stopping on validation
     NDCG@10; `stop_all` turns rank 0's decision into every rank's. Rank 0 returns the best
-    epoch (its weights loaded back into the model) with test metrics; other ranks None."""
+    epoch (its weights loaded back into the model) with test metrics; other ranks None.
+
+    After every epoch each rank calls `on_epoch` (rank 0 with the whole training state, the
+    others with None); passing such a state back as `resume` continues the run after it."""
     net: SeqRecommender = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     dataset = TensorDataset(torch.tensor(data.train_inputs), torch.tensor(data.train_targets))  # ray.get's arrays are read-only
     batches = BucketBatchSampler((data.train_inputs != 0).sum(1), cfg.batch_size, cfg.seed, rank, world_size)
@@ -130,8 +146,19 @@ def fit(
         candidates = sample_candidates(data.test_seen, data.test_targets, data.n_items)
 
     best_ndcg, best_epoch, best_valid, best_state, bad_epochs, curve = -1.0, 0, {}, {}, 0, []
-    epoch, started = 0, time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    done, stopped, seconds, train_seconds = 0, False, 0.0, 0.0
+    if resume is not None:
+        net.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        torch.set_rng_state(resume["torch_rng"])
+        negatives.set_state(resume["negatives_rng"])
+        best_ndcg, best_epoch, best_valid, best_state = resume["best_ndcg"], resume["best_epoch"], resume["best_valid"], resume["best_state"]
+        bad_epochs, curve, done, stopped = resume["bad_epochs"], resume["curve"], resume["epoch"], resume["stopped"]
+        seconds, train_seconds = resume["seconds"], resume["train_seconds"]
+        log.info("[srs %s] resuming after epoch %d", name, done)
+    for epoch in range(done + 1, cfg.epochs + 1):
+        if stopped:
+            break
         t0 = time.perf_counter()
         batches.set_epoch(epoch)
         model.train()
@@ -144,6 +171,7 @@ def fit(
             loss.backward()
             optimizer.step()
             total, steps = total + loss.item(), steps + 1
+        train_seconds += time.perf_counter() - t0
         stop = False
         if rank == 0:
             valid = evaluate(net, data.valid_inputs, data.valid_seen, data.valid_targets, tail, device, candidates)
@@ -156,14 +184,20 @@ def fit(
             stop = bad_epochs >= cfg.patience
             log.info("[srs %s] epoch %d loss %.4f valid NDCG@10 %.4f %.1fs",
                      name, epoch, total / max(steps, 1), valid["NDCG@10"], time.perf_counter() - t0)
-        if stop_all(stop):
-            break
-    seconds_per_epoch = (time.perf_counter() - started) / epoch
+        stopped = stop_all(stop)
+        seconds += time.perf_counter() - t0
+        on_epoch(None if rank != 0 else {
+            "epoch": epoch, "stopped": stopped, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(), "negatives_rng": negatives.get_state(), "best_ndcg": best_ndcg,
+            "best_epoch": best_epoch, "best_valid": best_valid, "best_state": best_state, "bad_epochs": bad_epochs,
+            "curve": curve, "seconds": seconds, "train_seconds": train_seconds})
     if rank != 0:
         return None
+    epochs = len(curve)
     net.load_state_dict(best_state)
     test = evaluate(net, data.test_inputs, data.test_seen, data.test_targets, tail, device, candidates)
-    return Fitted(best_state, best_valid, test, best_epoch, epoch, curve, seconds_per_epoch)
+    return Fitted(best_state, best_valid, test, best_epoch, epochs, curve, seconds / epochs, train_seconds / epochs,
+                  resume["epoch"] if resume else 0)
 
 
 def _train_loop(config: dict) -> None:
@@ -180,8 +214,15 @@ def _train_loop(config: dict) -> None:
         # Frozen tables are identical on every worker: no need to sync them every step.
         parallel_strategy_kwargs={"forward_sync_buffers": False},
     )
+    resume = _last_epoch_state()
+    last_state = dict(resume or {})   # goes into the final checkpoint too: a rerun then only re-tests
+
+    def on_epoch(state: dict | None) -> None:
+        last_state.update(state or {})
+        _report_epoch(state)
+
     fitted = fit(model, data, cfg, device, rank, context.get_world_size(), broadcast_from_rank_zero,
-                 f"{cfg.model}/{config['source']}")
+                 f"{cfg.model}/{config['source']}", resume=resume, on_epoch=on_epoch)
     if fitted is None:
         ray.train.report({}, checkpoint=None)
         return
@@ -194,13 +235,44 @@ def _train_loop(config: dict) -> None:
         "best_epoch": fitted.best_epoch,
         "epochs": fitted.epochs,
         "seconds_per_epoch": fitted.seconds_per_epoch,
+        "train_seconds_per_epoch": fitted.train_seconds_per_epoch,
+        "resumed_from": fitted.resumed_from,
         "valid_curve": fitted.valid_curve,
     }
     with tempfile.TemporaryDirectory() as tmp:
+        torch.save(last_state, f"{tmp}/{EPOCH_STATE}")
         save_file({k: v.contiguous().cpu() for k, v in fitted.state.items()}, f"{tmp}/model.safetensors")
         save_file({"items": item_table}, f"{tmp}/items.safetensors")
         Path(tmp, "srs.json").write_text(json.dumps({"source": config["source"], "cfg": config["cfg"], "metrics": metrics}))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def _report_epoch(state: dict | None) -> None:
+    """Every rank reports each epoch (Ray Train's report is collective); rank 0 with the state."""
+    if state is None:
+        ray.train.report({}, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(state, f"{tmp}/{EPOCH_STATE}")
+        ray.train.report({"epoch": state["epoch"]}, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def _last_epoch_state() -> dict | None:
+    """The training state of the newest checkpoint of this run (a restarted run), if any."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as ckpt:
+        path = Path(ckpt, EPOCH_STATE)
+        return torch.load(path, weights_only=True) if path.exists() else None
+
+
+def run_key(sequences: Mapping[str, Sequence[str]], item_ids: Sequence[str], cfg: SRSConfig, source: str) -> str:
+    """Names a training run by everything it depends on, so only the same run resumes it."""
+    digest = hashlib.sha256(json.dumps([cfg.model_dump(), source, list(item_ids)]).encode())
+    for user in sorted(sequences):
+        digest.update(f"{user}:{','.join(sequences[user])};".encode())
+    return f"srs-{cfg.model}-{source}-{digest.hexdigest()[:12]}"
 
 
 def _float32(x: np.ndarray | None) -> np.ndarray | None:
@@ -227,7 +299,8 @@ def train_srs(
     `id_item_embeddings` [n, hidden_size] a pre-trained ID model's items (llmemb with
     align_alpha > 0, tslrec; trained here first when not given). Run outputs go to
     `storage_path` (a local dir or URI; with `storage_filesystem` a path on it, as
-    Store.fs/Store.path give) or to a temporary directory."""
+    Store.fs/Store.path give) or to a temporary directory. A run with the same inputs in the
+    same storage continues from its last finished epoch (a finished run is only re-tested)."""
     started = time.perf_counter()
     inputs = SourceInputs(_float32(item_embeddings), _float32(attribute_scores), _float32(id_item_embeddings))
     needs = required_inputs(source, cfg)
@@ -252,9 +325,10 @@ def train_srs(
             train_loop_config=config,
             scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=has_gpu(), resources_per_worker={"CPU": 1}),
             run_config=RunConfig(
-                name=f"srs-{cfg.model}-{source}-{uuid.uuid4().hex[:8]}",
+                name=run_key(sequences, item_ids, cfg, source) if storage_path else f"srs-{uuid.uuid4().hex[:8]}",
                 storage_path=storage_path or tmp,
                 storage_filesystem=storage_filesystem if storage_path else None,
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
         )
         result = trainer.fit()
@@ -268,6 +342,8 @@ def train_srs(
         epochs=int(m["epochs"]),
         seconds=time.perf_counter() - started,
         seconds_per_epoch=float(m["seconds_per_epoch"]),
+        train_seconds_per_epoch=float(m["train_seconds_per_epoch"]),
+        resumed_from=int(m["resumed_from"]),
         checkpoint=result.checkpoint.path if storage_path and result.checkpoint else None,
         valid_curve=[float(x) for x in m["valid_curve"]],
         item_table=item_table,

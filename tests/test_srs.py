@@ -328,3 +328,47 @@ def test_train_srs_rejects_missing_inputs_before_starting_ray(cyclic):
     with pytest.raises(ValueError, match="needs id_table"):
         train_srs(sequences, item_ids, SMALL, "tslrec", item_embeddings=cycle_embeddings(),
                   id_item_embeddings=np.zeros((N_ITEMS, 3), dtype=np.float32))
+
+
+@pytest.mark.slow
+def test_a_killed_training_run_resumes_to_the_same_result(ray_local, cyclic, tmp_path: Path):
+    """kill -9 of the driver after a few epochs; the same call again continues from the last
+    epoch checkpoint in storage and ends exactly where an uninterrupted run ends."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from srs.train import run_key
+    from tests.conftest import REPO
+
+    sequences, item_ids, _ = cyclic
+    cfg = SMALL.model_copy(update={"epochs": 14, "patience": 14})
+    storage = tmp_path / "ray-train"
+    run_dir = storage / run_key(sequences, item_ids, cfg, "id")
+    script = (
+        "import sys, ray; from cluster.config import SRSConfig; from srs import train_srs; "
+        "from tests.test_srs import cyclic_sequences; "
+        f"ray.init(address={ray_local.get_runtime_context().gcs_address!r}); seqs, items = cyclic_sequences(); "
+        f"train_srs(seqs, items, SRSConfig.model_validate_json(sys.argv[1]), 'id', storage_path={str(storage)!r})"
+    )
+    driver = subprocess.Popen([sys.executable, "-c", script, cfg.model_dump_json()], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while len(list(run_dir.glob("checkpoint_*"))) < 3:
+            assert driver.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+            time.sleep(0.05)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    resumed = train_srs(sequences, item_ids, cfg, "id", storage_path=str(storage))
+    assert 1 <= resumed.resumed_from < cfg.epochs   # the newest checkpoint Ray Train had registered
+    uninterrupted = train_srs(sequences, item_ids, cfg, "id", storage_path=str(tmp_path / "fresh"))
+    assert uninterrupted.resumed_from == 0
+    assert resumed.valid_curve == uninterrupted.valid_curve and resumed.test == uninterrupted.test
+    assert np.array_equal(resumed.item_table, uninterrupted.item_table)
+    again = train_srs(sequences, item_ids, cfg, "id", storage_path=str(storage))   # finished: only re-tested
+    assert again.resumed_from == cfg.epochs and again.test == resumed.test
+    assert json.loads((Path(resumed.checkpoint) / "srs.json").read_text())["source"] == "id"
