@@ -145,6 +145,44 @@ class ServeConfig(_Section):
         "published, else id, else any).")
 
 
+class FinetuneConfig(_Section):
+    """LoRA fine-tuning jobs (jobs.finetune): one section for the three objectives, small enough for 2 CPU cores."""
+
+    lora_r: int = Field(8, ge=1, le=16, description="LoRA rank; at most 16, the max_lora_rank the embedding job's vLLM engine starts with.")
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names LoRA wraps: attention and MLP projections (Llama-style names).")
+    lr: float = Field(2e-4, gt=0, description="AdamW learning rate of the LoRA weights and the objective's heads.")
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+    batch_size: int = Field(8, ge=2, description="Examples per worker per step (items for SCFT, users for GER/TSLRec); "
+                            "at least 2, the in-batch negatives need company.")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps (--max-steps overrides).")
+    checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints in storage (and the last step always).")
+    log_every: int = Field(10, ge=1, description="Steps between progress lines.")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (gradients are averaged across them).")
+    threads_per_worker: int = Field(2, ge=1, description="torch threads per worker.")
+    max_examples: int | None = Field(None, ge=2, description="Train on the first N examples only (smoke tests; None: all).")
+    seed: int = 42
+    drop_ratio: float = Field(0.3, ge=0, lt=1, description="SCFT: share of attribute clauses dropped per view "
+                              "(of words, for an item with a single clause).")
+    temperature: float = Field(0.05, gt=0, description="SCFT: initial InfoNCE temperature (trainable).")
+    ger_rec_weight: float = Field(1.0, ge=0, description="GER: weight of the recommendation loss beside the format loss.")
+    ger_history: int = Field(10, ge=1, description="GER: recent items in a user's profile prompt.")
+    tslrec_history: int = Field(20, ge=1, description="TSLRec: most recent items per user in the SFT prompt. "
+                                "Its K categories are srs.tslrec_clusters (the SRS source uses the same K).")
+    tslrec_srs_epochs: int = Field(10, ge=1, description="TSLRec: epochs of the ID SASRec whose items are clustered.")
+
+    @field_validator("lora_targets")
+    @classmethod
+    def _some_targets(cls, v: list[str]) -> list[str]:
+        if not v or not all(isinstance(t, str) and t for t in v):
+            raise ValueError("list at least one module name for LoRA, e.g. q_proj")
+        return v
+
+
 class Config(_Section):
     ray: RayConfig = RayConfig()
     storage: StorageConfig = StorageConfig()
@@ -154,6 +192,7 @@ class Config(_Section):
     index: IndexConfig = IndexConfig()
     srs: SRSConfig = SRSConfig()
     serve: ServeConfig = ServeConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
 
 
 def _format(err: ValidationError, source: str) -> str:

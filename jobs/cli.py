@@ -6,7 +6,7 @@ import sys
 import typer
 
 from cluster import ConfigError, StorageError
-from jobs import embed, index, ingest, pipeline, query, serve, train, update
+from jobs import embed, finetune, index, ingest, pipeline, query, serve, train, update
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="LLM-guided item embeddings for sequential recommendation, as Ray jobs.")
@@ -18,6 +18,7 @@ app.command("query")(query.main)
 app.command("pipeline")(pipeline.main)
 app.command("serve")(serve.main)
 app.command("update")(update.main)
+app.command("finetune")(finetune.main)
 
 
 def main() -> None:

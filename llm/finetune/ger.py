@@ -1,0 +1,193 @@
+"""GER's attribute scorer (guided embedding refinement): LoRA so the LLM's 1-10 attribute scores
+both stay well-formed and carry recommendation signal.
+
+One example per user: the user's profile prompt (the same scoring request, over the user's
+`ger_history` most recent training items) and the item that came next. For both prompts the
+model reads the teacher's JSON answer (the base model's own schema-constrained scores, computed
+once per prompt and cached in the output directory), which gives
+- the format loss: next-token cross-entropy on the answer, so generation stays parseable;
+- the scores as a small embedding: at each score's position, the softmax over the tokens of the
+  values 1..10 gives an expected score (differentiable), one per attribute;
+- the recommendation loss: a linear head maps the user's expected scores to a query, which must
+  pick the user's next item among the batch's next items by dot product (in-batch softmax).
+Loss = format + ger_rec_weight * recommendation. The head is published beside the adapter.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from catalog import item_prompt, user_sequences
+from catalog.prompts import clean_text
+from catalog.schemas import RESERVED_COLUMNS
+from cluster.config import Config, ModelConfig
+from llm.attributes import MAX_NEW_TOKENS, attributes_for, parse_scores, score_prompt, score_schema
+from llm.finetune.lora import backbone, padded, truncate_text
+from llm.finetune.recipe import Batch, Job, Objective
+
+TEACHER_CACHE = "ger_teacher.parquet"
+
+
+def history_text(rows: list[dict], domain: str) -> str:
+    """A user's recent items as one text (each item's first attribute, usually its title), oldest first."""
+    names = []
+    for row in rows:
+        texts = [clean_text(v) for k, v in row.items() if k not in RESERVED_COLUMNS]
+        names.append(next((t for t in texts if t), row["item_id"]))
+    return f"A {domain} customer's recent items, oldest first: " + "; ".join(names) + "."
+
+
+def answer_tokens(tokenizer, names: list[str], scores: list[int]) -> tuple[list[int], list[int]]:
+    """Token ids of json.dumps({name: score, ...}) + end of sequence, and the index of each score's
+    first token. Tokenized piece by piece so every score starts a token of its own."""
+    ids, positions = [], []
+    for j, (name, score) in enumerate(zip(names, scores)):
+        ids += tokenizer(("{" if j == 0 else ", ") + json.dumps(name) + ": ", add_special_tokens=False)["input_ids"]
+        positions.append(len(ids))
+        ids += tokenizer(str(int(score)), add_special_tokens=False)["input_ids"]
+    ids += tokenizer("}", add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids, positions
+
+
+def value_tokens(tokenizer) -> tuple[list[int], list[float]]:
+    """(token ids, score values) for the first token of "1".."10"; where two values share a first
+    token (a tokenizer that splits "10" into "1", "0"), the token counts as the smaller value."""
+    by_token: dict[int, float] = {}
+    for v in range(10, 0, -1):
+        by_token[tokenizer(str(v), add_special_tokens=False)["input_ids"][0]] = float(v)
+    return list(by_token), list(by_token.values())
+
+
+class TeacherScorer:
+    """A Ray actor holding one engine of the base model: its constrained answers are the teacher."""
+
+    def __init__(self, model_cfg: ModelConfig, threads: int, names: list[str]):
+        from llm.engines import build_engine
+
+        self.engine = build_engine(model_cfg, threads)
+        self.names = names
+
+    def score(self, prompts: list[str]) -> list[list[int]]:
+        schema = score_schema(self.names)
+        ids = [self.engine.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        out = []
+        for x, text in zip(ids, self.engine.generate_ids(ids, MAX_NEW_TOKENS, None, json_schema=schema)):
+            scores, error = parse_scores(text, self.names)
+            if scores is None:  # out of tokens mid-answer: once more with room to finish
+                text = self.engine.generate_ids([x], 2 * MAX_NEW_TOKENS, None, json_schema=schema)[0]
+                scores, error = parse_scores(text, self.names)
+            if scores is None:
+                raise RuntimeError(f"the base model's constrained answer did not parse ({error}): {text[:120]!r}")
+            out.append([int(s) for s in scores])
+        return out
+
+
+def teacher_scores(job: Job, prompts: list[str], names: list[str], chunk: int = 8) -> dict[str, list[int]]:
+    """Scores per prompt hash: read from the output directory's cache, the missing ones computed by a
+    TeacherScorer actor (GPU when there is one) and added to the cache after every chunk."""
+    import ray
+    from tqdm import tqdm
+
+    from cluster.runtime import has_gpu
+
+    key = lambda p: hashlib.sha256(p.encode()).hexdigest()  # noqa: E731
+    identity = json.dumps({"model": job.cfg.model.path, "names": names})  # a cache of another teacher is ignored
+    cache: dict[str, list[int]] = {}
+    if job.out.exists(TEACHER_CACHE):
+        table = job.out.read_parquet(TEACHER_CACHE)
+        if (table.schema.metadata or {}).get(b"teacher", b"").decode() == identity:
+            cache = dict(zip(table["key"].to_pylist(), table["scores"].to_pylist()))
+    todo = sorted({p for p in prompts if key(p) not in cache})
+    if todo:
+        resources = {"num_gpus": 1} if has_gpu() else {"num_cpus": 1}
+        actor = ray.remote(**resources)(TeacherScorer).remote(job.cfg.model, job.cfg.finetune.threads_per_worker, names)
+        with tqdm(total=len(todo), unit="prompt", desc="ger teacher", mininterval=2) as bar:
+            for start in range(0, len(todo), chunk):
+                part = todo[start:start + chunk]
+                cache.update(zip(map(key, part), ray.get(actor.score.remote(part))))
+                table = pa.table({"key": list(cache), "scores": list(cache.values())})
+                job.out.write_parquet(TEACHER_CACHE, table.replace_schema_metadata({"teacher": identity}))
+                bar.update(len(part))
+        ray.kill(actor)
+    return {p: cache[key(p)] for p in prompts}
+
+
+class RecHead(torch.nn.Module):
+    """The light recommendation module: user scores -> query (identity at start)."""
+
+    def __init__(self, n_attributes: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(n_attributes, n_attributes)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(n_attributes))
+            self.linear.bias.zero_()
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        return self.linear(users)
+
+
+class GER(Objective):
+    name = "ger"
+    publish_heads = True
+
+    def prepare(self, job: Job) -> dict:
+        cfg, cat = job.cfg, job.catalog
+        names = attributes_for(cat.domain, cfg.embed.attributes)
+        rows = {r["item_id"]: r for r in cat.items.to_pylist()}
+        limit = cfg.model.max_prompt_tokens
+        examples = []
+        for user, seq in sorted(user_sequences(cat.interactions).items()):
+            train = seq[:-2]  # leave-one-out: validation and test items never train
+            if len(train) >= 2:
+                examples.append((train[-cfg.finetune.ger_history - 1:-1], train[-1]))
+        examples = job.limit(examples)
+        needed = sorted({i for batch in job.plan(len(examples)) for i in batch})  # only what the steps read
+
+        def ask(text: str) -> str:
+            return score_prompt(truncate_text(job.tokenizer, text, limit), names)
+
+        prompts = {i: (ask(history_text([rows[h] for h in examples[i][0]], cat.domain)),
+                       ask(item_prompt(rows[examples[i][1]], cat.domain))) for i in needed}
+        teacher = teacher_scores(job, [p for pair in prompts.values() for p in pair], names)
+        return {"names": names, "n_examples": len(examples),
+                "examples": {i: (u, teacher[u], v, teacher[v]) for i, (u, v) in prompts.items()}}
+
+    def heads(self, hidden_size: int, data: dict, cfg: Config) -> RecHead:
+        return RecHead(len(data["names"]))
+
+    def loss(self, b: Batch) -> torch.Tensor:
+        names, tok = b.data["names"], b.tokenizer
+        users = [b.data["examples"][i][:2] for i in b.examples]
+        items = [b.data["examples"][i][2:] for i in b.examples]
+        seqs, starts, score_at = [], [], []
+        for prompt, scores in users + items:
+            prompt_ids = tok(prompt, add_special_tokens=True)["input_ids"]
+            answer, positions = answer_tokens(tok, names, scores)
+            seqs.append(prompt_ids + answer)
+            starts.append(len(prompt_ids))
+            score_at.append([len(prompt_ids) + p for p in positions])
+        input_ids, mask = padded(seqs, tok.pad_token_id, b.device)
+        hidden = backbone(b.model)(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        # Logits only where the answer is predicted: position t - 1 predicts token t.
+        rows = [r for r, s in enumerate(seqs) for _ in range(starts[r], len(s))]
+        cols = [t for r, s in enumerate(seqs) for t in range(starts[r], len(s))]
+        where = {(r, t): m for m, (r, t) in enumerate(zip(rows, cols))}
+        logits = b.model.get_output_embeddings()(hidden[rows, [t - 1 for t in cols]]).float()
+        targets = input_ids[rows, cols]
+        format_loss = F.cross_entropy(logits, targets)
+
+        token_ids, values = value_tokens(tok)
+        at = torch.tensor([[where[(r, t)] for t in ts] for r, ts in enumerate(score_at)], device=logits.device)
+        probs = logits[at][..., token_ids].softmax(-1)                          # [2B, A, values]
+        expected = probs @ torch.tensor(values, device=logits.device)            # [2B, A] in 1..10
+        embedded = (expected - 5.5) / 4.5                                         # in [-1, 1]
+        n = len(users)
+        query = b.heads(embedded[:n])
+        rec_loss = F.cross_entropy(query @ embedded[n:].T, torch.arange(n, device=logits.device))
+        return format_loss + b.cfg.finetune.ger_rec_weight * rec_loss

@@ -1,0 +1,91 @@
+"""The model side every objective shares: a Hugging Face causal LM with LoRA on the configured
+projections, tokenized and padded exactly as the embedding engines do it, so what a job trains
+is what the embedding job computes (mean pooling of the final hidden states)."""
+from __future__ import annotations
+
+from cluster.config import FinetuneConfig, ModelConfig
+from llm.checkpoints import resolve_model_path
+
+
+class FinetuneError(ValueError):
+    """Bad input to a fine-tuning job (objective, data set, steps, output, model); one line says why."""
+
+
+def causal_lm_path(cfg: ModelConfig, targets: list[str]) -> str:
+    """The checkpoint directory of `cfg.path`, refused unless it is a causal LM with the LoRA targets."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    path = str(resolve_model_path(cfg.path, cfg.cache_dir))  # FileNotFoundError: not a checkpoint directory
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (ValueError, OSError) as e:
+        raise FinetuneError(f"model {cfg.path!r}: cannot read its config ({e})") from None
+    archs = config.architectures or []
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if not (any(a in causal for a in archs) if archs else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        raise FinetuneError(f"model {cfg.path!r} is not a causal LM (architectures: {archs or config.model_type}); "
+                            f"fine-tuning needs a *ForCausalLM checkpoint")
+    from llm.adapters import _module_shapes  # meta-device module list, cached: no weights loaded
+
+    names = {n.rsplit(".", 1)[-1] for n in _module_shapes(path)}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise FinetuneError(f"model {cfg.path!r} has no modules named {missing} for LoRA (finetune.lora_targets)")
+    return path
+
+
+def lora_model(model_cfg: ModelConfig, ft: FinetuneConfig, device):
+    """(peft model with fresh LoRA weights, tokenizer): B starts at zero, so step 0 is the base model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path = str(resolve_model_path(model_cfg.path, model_cfg.cache_dir))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    on_cpu = torch.device(device).type == "cpu"
+    dtype = {"auto": torch.float32 if on_cpu else torch.bfloat16, "float32": torch.float32,
+             "bfloat16": torch.bfloat16, "float16": torch.float16}[model_cfg.dtype]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    config = LoraConfig(r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
+                        target_modules=list(ft.lora_targets), task_type="CAUSAL_LM")
+    return get_peft_model(model, config), tokenizer
+
+
+def tokenize(tokenizer, prompts: list[str], limit: int) -> list[list[int]]:
+    """Token ids cut to `limit`, as Engine.tokenize does for the embedding job."""
+    return [x[:limit] for x in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+
+
+def truncate_text(tokenizer, text: str, limit: int) -> str:
+    """`text` cut to `limit` tokens, for text that is wrapped in a longer prompt afterwards."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= limit else tokenizer.decode(ids[:limit])
+
+
+def padded(ids: list[list[int]], pad_id: int, device):
+    """Right-padded input ids and attention mask."""
+    import torch
+
+    width = max(len(x) for x in ids)
+    input_ids = torch.tensor([x + [pad_id] * (width - len(x)) for x in ids], device=device)
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+    return input_ids, mask
+
+
+def backbone(model):
+    """The transformer under the LM head (LoRA layers included): final hidden states without
+    computing vocabulary logits for every position."""
+    return model.get_base_model().base_model
+
+
+def mean_pool(model, ids: list[list[int]], pad_id: int, device):
+    """[n, d] mean of the final hidden states over each prompt's tokens (LLMEmb; the engines' pooling)."""
+    input_ids, mask = padded(ids, pad_id, device)
+    hidden = backbone(model)(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+    m = mask.unsqueeze(-1).float()
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)

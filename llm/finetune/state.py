@@ -1,0 +1,88 @@
+"""What a fine-tuning run keeps: checkpoints (recipe state) and the loss curve.
+
+A checkpoint directory holds the LoRA weights as a peft adapter folder (adapter/), the
+objective's own trainable modules (heads.safetensors: SCFT's temperature, GER's and TSLRec's
+heads), the optimizer state (tensors in safetensors, hyperparameters in JSON: nothing is
+pickled), the step and the loss history (state.json), and on the last step the objective's
+outputs (outputs.safetensors). Resuming restores all of it, so a resumed run continues the
+same step count, optimizer moments and loss curve.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cluster.storage import Store
+
+
+def save_checkpoint(folder: str | Path, model, heads, optimizer, state: dict, outputs: dict | None = None) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    model.save_pretrained(folder / "adapter")
+    save_file({k: v.detach().contiguous().cpu() for k, v in heads.state_dict().items()}, folder / "heads.safetensors")
+    sd = optimizer.state_dict()
+    tensors = {f"{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous().cpu()
+               for i, per_param in sd["state"].items() for k, v in per_param.items()}
+    save_file(tensors, folder / "optimizer.safetensors")
+    (folder / "optimizer.json").write_text(json.dumps(sd["param_groups"]))
+    (folder / "state.json").write_text(json.dumps(state))
+    if outputs:
+        save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in outputs.items()}, folder / "outputs.safetensors")
+
+
+def load_checkpoint(folder: str | Path, model, heads, optimizer) -> dict:
+    """Load a checkpoint into the (freshly built) model, heads and optimizer; returns state.json."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    device = next(heads.parameters()).device
+    set_peft_model_state_dict(model, load_file(folder / "adapter" / "adapter_model.safetensors", device=str(device)))
+    heads.load_state_dict(load_file(folder / "heads.safetensors", device=str(device)))
+    per_param: dict[int, dict] = {}
+    for key, tensor in load_file(folder / "optimizer.safetensors").items():
+        index, name = key.split(".", 1)
+        per_param.setdefault(int(index), {})[name] = tensor
+    optimizer.load_state_dict({"state": per_param, "param_groups": json.loads((folder / "optimizer.json").read_text())})
+    return json.loads((folder / "state.json").read_text())
+
+
+def read_outputs(folder: str | Path) -> dict[str, np.ndarray]:
+    path = Path(folder) / "outputs.safetensors"
+    if not path.exists():
+        return {}
+    from safetensors.numpy import load_file
+
+    return load_file(path)
+
+
+def write_loss_curve(store: Store, losses: list[float], title: str) -> tuple[str, str]:
+    """loss.csv (step, loss) and loss_curve.png (with a moving average) in `store`; returns their URIs."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["step", "loss"])
+    writer.writerows((i + 1, f"{x:.6f}") for i, x in enumerate(losses))
+    store.write_bytes("loss.csv", buf.getvalue().encode())
+
+    fig = Figure(figsize=(6, 3.5), layout="tight")
+    ax = fig.subplots()
+    steps = np.arange(1, len(losses) + 1)
+    ax.plot(steps, losses, lw=0.8, alpha=0.6, label="loss")
+    window = max(1, len(losses) // 20)
+    if window > 1:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], smooth, lw=1.6, label=f"mean of {window}")
+        ax.legend()
+    ax.set(xlabel="step", ylabel="loss", title=title)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    store.write_bytes("loss_curve.png", png.getvalue())
+    return store.full_uri("loss.csv"), store.full_uri("loss_curve.png")
