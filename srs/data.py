@@ -91,18 +91,26 @@ def encode(sequences: Mapping[str, Sequence[str]], item_ids: Sequence[str]) -> d
         raise ValueError(f"sequence item {e.args[0]!r} is not in item_ids") from None
 
 
+def training_windows(seq: Sequence[int], max_len: int) -> list[tuple[Sequence[int], Sequence[int]]]:
+    """(inputs, next items) rows of one training sequence, cut from its end into max_len windows,
+    so every next item of a sequence longer than max_len is a target (not only the last max_len)."""
+    inputs, targets = seq[:-1], seq[1:]
+    return [(inputs[max(0, end - max_len):end], targets[max(0, end - max_len):end])
+            for end in range(len(inputs), 0, -max_len)]
+
+
 def build_tensors(sequences: Mapping[str, Sequence[str]], item_ids: Sequence[str], max_len: int) -> SeqTensors:
     """Encode, split leave-one-out and pad."""
     split = leave_one_out(encode(sequences, item_ids))
     users = list(split.train)
     train = [split.train[u] for u in users]
     valid_targets = [split.valid[u][1] for u in users]
-    trainable = [s for s in train if len(s) >= 2]
+    windows = [w for s in train for w in training_windows(s, max_len)]
     test_history = [s + [v] for s, v in zip(train, valid_targets)]
     return SeqTensors(
         n_items=len(item_ids),
-        train_inputs=pad_left([s[:-1] for s in trainable], max_len),
-        train_targets=pad_left([s[1:] for s in trainable], max_len),
+        train_inputs=pad_left([inputs for inputs, _ in windows], max_len),
+        train_targets=pad_left([targets for _, targets in windows], max_len),
         train_seen=Ragged.from_rows(train),
         valid_inputs=pad_left(train, max_len),
         valid_targets=np.asarray(valid_targets, dtype=np.int64),

@@ -60,6 +60,15 @@ def test_build_tensors_pads_left_and_shifts_targets():
         build_tensors({"u": ["a", "zz", "b"]}, ["a", "b"], max_len=3)
 
 
+def test_long_sequences_train_every_next_item_in_windows():
+    ids = [chr(ord("a") + i) for i in range(9)]
+    data = build_tensors({"u": ids}, ids, max_len=3)
+    # u trains on items 1..7 (8 and 9 are valid and test): 6 next-item targets in windows of 3 from the end.
+    np.testing.assert_array_equal(data.train_inputs, [[4, 5, 6], [1, 2, 3]])
+    np.testing.assert_array_equal(data.train_targets, [[5, 6, 7], [2, 3, 4]])
+    np.testing.assert_array_equal(data.valid_inputs, [[5, 6, 7]])
+
+
 def test_sample_negatives_avoid_the_users_items_and_padding():
     inputs = torch.tensor([[0, 1, 2, 3], [5, 6, 7, 8]])
     targets = torch.tensor([[0, 2, 3, 4], [6, 7, 8, 9]])
