@@ -170,7 +170,11 @@ def test_scft_adapter_in_vllm_matches_peft(scft_runs, hf_engine, tmp_path_factor
 
     adapter = Adapter("scft-vllm", scft_runs[0])
     vllm = VLLMEngine(ModelConfig())
-    got, want = vllm.embed(PROMPTS, adapter), hf_engine.embed(PROMPTS, adapter)
+    try:
+        got, want = vllm.embed(PROMPTS, adapter), hf_engine.embed(PROMPTS, adapter)
+    finally:  # stop the engine process now, not from a thread logging into closed streams at exit
+        for llm in vllm._llms.values():
+            llm.llm_engine.engine_core.shutdown()
     assert _cosine(got, want).min() >= 0.99
     assert _cosine(got, hf_engine.embed(PROMPTS)).min() < _cosine(got, want).min(), "vLLM applied the adapter"
 

@@ -7,7 +7,9 @@ model reads the teacher's JSON answer (the base model's own schema-constrained s
 once per prompt and cached in the output directory), which gives
 - the format loss: next-token cross-entropy on the answer, so generation stays parseable;
 - the scores as a small embedding: at each score's position, the softmax over the tokens of the
-  values 1..10 gives an expected score (differentiable), one per attribute;
+  values 1..10 gives an expected score (differentiable), one per attribute (with a tokenizer
+  that writes "10" as "1", "0", as SmolLM2's does, the first token cannot tell 10 from 1 and
+  counts as 1: an approximation at the top of the scale);
 - the recommendation loss: a linear head maps the user's expected scores to a query, which must
   pick the user's next item among the batch's next items by dot product (in-batch softmax).
 Loss = format + ger_rec_weight * recommendation. The head is published beside the adapter.

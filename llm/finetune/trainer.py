@@ -13,6 +13,7 @@ train step by step on the planned batches, average gradients across workers, che
 from __future__ import annotations
 
 import hashlib
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +53,12 @@ def _sync_gradients(params, loss, world: int) -> float:
     return value.item() / world
 
 
+def _say(line: str) -> None:
+    """A progress line from a worker, once: Ray Train's patched print() tees it to the driver twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _train_loop(config: dict) -> None:
     import ray
     import ray.train
@@ -82,7 +89,7 @@ def _train_loop(config: dict) -> None:
     start = state["step"]
     if rank == 0:
         where = f"resuming at step {start}" if restored else "starting"
-        print(f"[finetune {objective.name}] {where}; {max_steps} steps, {world} worker(s), batch {ft.batch_size}", flush=True)
+        _say(f"[finetune {objective.name}] {where}; {max_steps} steps, {world} worker(s), batch {ft.batch_size}")
 
     def checkpoint(final: bool) -> None:
         metrics = {"step": state["step"], "loss": state["losses"][-1] if state["losses"] else float("nan")}
@@ -114,10 +121,12 @@ def _train_loop(config: dict) -> None:
         state["losses"].append(value)
         if rank == 0 and (done % ft.log_every == 0 or done in (start + 1, max_steps)):
             rate = (done - start) / (time.perf_counter() - began)
-            print(f"[finetune {objective.name}] step {done}/{max_steps} loss {value:.4f} ({rate:.2f} steps/s)", flush=True)
+            _say(f"[finetune {objective.name}] step {done}/{max_steps} loss {value:.4f} ({rate:.2f} steps/s)")
         if done % ft.checkpoint_every == 0 or done == max_steps:
             checkpoint(final=done == max_steps)
     if start >= max_steps:  # already trained that far: publish the restored state again
+        if rank == 0:
+            _say(f"[finetune {objective.name}] the checkpoint is at step {start} >= {max_steps}: nothing to train")
         checkpoint(final=True)
 
 
