@@ -1,12 +1,10 @@
 """`guidedrec`: one CLI whose subcommands are the jobs (each also runs as `python -m jobs.<name>`)."""
 from __future__ import annotations
 
-import sys
-
 import typer
 
-from cluster import ConfigError, StorageError
 from jobs import embed, finetune, index, ingest, pipeline, query, serve, train, update
+from jobs.runner import run
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="LLM-guided item embeddings for sequential recommendation, as Ray jobs.")
@@ -22,12 +20,8 @@ app.command("finetune")(finetune.main)
 
 
 def main() -> None:
-    """Console entry point: config and input errors print one clear line, not a traceback."""
-    try:
-        app(standalone_mode=False)
-    except (ConfigError, StorageError, FileNotFoundError, ValueError, KeyError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(2)
+    """Console entry point: usage, config and input errors print one clear line, not a traceback."""
+    run(app)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,12 @@ with peft and in the embedding job (`guidedrec embed --adapter name=<out>`).
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import click
 import typer
 
-from cluster import ConfigError, StorageError, load_config
+from cluster import load_config
+from jobs.runner import run_job
 
 
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
@@ -32,19 +31,5 @@ def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built
     finetune(cfg, objective, out, max_steps=max_steps, resume=resume, overwrite=overwrite)
 
 
-def cli() -> None:
-    """`python -m jobs.finetune`: bad input prints one line and exits 2, as `guidedrec` does."""
-    app = typer.Typer(add_completion=False)
-    app.command()(main)
-    try:
-        app(standalone_mode=False)
-    except click.ClickException as e:  # usage errors: click's own message
-        e.show()
-        sys.exit(e.exit_code)
-    except (ConfigError, StorageError, FileNotFoundError, ValueError, KeyError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    cli()
+    run_job(main)

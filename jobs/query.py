@@ -30,4 +30,6 @@ def main(item: str = typer.Option(..., help="A catalog item id"),
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    from jobs.runner import run_job
+
+    run_job(main)

@@ -76,4 +76,6 @@ def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    from jobs.runner import run_job
+
+    run_job(main)

@@ -221,4 +221,6 @@ def main(catalog: Path = typer.Option(None, help="The new catalog: an items file
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    from jobs.runner import run_job
+
+    run_job(main)

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 
 from cluster.config import ConfigError, load_config
@@ -46,3 +48,18 @@ def test_overrides_are_validated_too():
     assert load_config(None, {"dataset.name": "ml-100k"}).dataset.name == "ml-100k"
     with pytest.raises(ConfigError, match="embed.actors"):
         load_config(None, {"embed.actors": -1})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["guidedrec", "index", "--bogus"], "No such option: --bogus"),
+    (["guidedrec", "finetune", "--out", "x"], "Missing option '--objective'"),
+    (["guidedrec", "index", "--config", "/nonexistent.yaml"], "error: config file not found: /nonexistent.yaml"),
+])
+def test_cli_usage_and_config_errors_are_one_line_exit_2(monkeypatch, capsys, argv, message):
+    from jobs import cli
+
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err
