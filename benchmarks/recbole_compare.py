@@ -216,7 +216,7 @@ def validation_seconds(checkpoint: str, sequences, item_ids, cfg, repeats: int =
 
     from srs.data import build_tensors
     from srs.metrics import tail_items
-    from srs.train import build_model, evaluate
+    from srs.fit import build_model, evaluate
 
     torch.set_num_threads(cfg.threads_per_worker)
     data = build_tensors(sequences, item_ids, cfg.max_len)

@@ -9,6 +9,12 @@ does. LLM sources read the committed embeddings run `--run` from `--store`; ger 
 scores from `--attributes` (a .npy [n_items, A] in the catalog's item order). Prints one line
 per seed and a mean ± std table, writes <out>/<name>.md, .csv and (with matplotlib) a plot of
 validation NDCG@10 per epoch; the last line is the one-line summary of the means.
+
+Training runs through Ray Train (train_srs) or, with --in-process, in this process on its best
+device without Ray (srs.fit.train_local). `--save-inputs F.npz` writes what a run reads (split
+sequences, item ids, the source's matrices as float16) and exits; `--inputs F.npz` runs from such
+a file instead of the catalog and store: together they run the benchmark on a machine that has
+neither (a lone GPU box without Ray).
 """
 from __future__ import annotations
 
@@ -38,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="SRSConfig override, e.g. --set loss=ce --set epochs=50 (repeatable)")
     p.add_argument("--out", default="runs/srs-benchmarks", help="folder for the .md/.csv/.png results (runs/ is git-ignored)")
+    p.add_argument("--in-process", action="store_true", help="train in this process without Ray (GPU if present)")
+    p.add_argument("--save-inputs", default=None, metavar="F.npz", help="write the run's inputs to F.npz and exit")
+    p.add_argument("--inputs", default=None, metavar="F.npz", help="read the run's inputs from F.npz (--save-inputs)")
     return p.parse_args(argv)
 
 
@@ -73,6 +82,35 @@ def source_inputs(args: argparse.Namespace, item_ids: list[str]) -> dict:
             sys.exit("srs benchmark: source 'ger' needs --attributes scores.npy ([n_items, A], catalog item order)")
         kwargs["attribute_scores"] = np.load(args.attributes)
     return kwargs
+
+
+def save_inputs(path: str, sequences: dict[str, list[str]], item_ids: list[str], kwargs: dict) -> None:
+    """Sequences as item positions with offsets; matrices as float16 (half the bytes to carry)."""
+    import numpy as np
+
+    pos = {item: i for i, item in enumerate(item_ids)}
+    users = sorted(sequences)
+    flat = np.fromiter((pos[i] for u in users for i in sequences[u]), dtype=np.int32)
+    offsets = np.cumsum([0, *(len(sequences[u]) for u in users)], dtype=np.int64)
+    matrices = {k: np.asarray(v, dtype=np.float16) for k, v in kwargs.items()}
+    np.savez(path, users=np.array(users), item_ids=np.array(item_ids), items=flat, offsets=offsets, **matrices)
+
+
+def load_inputs(path: str, source: str) -> tuple[dict[str, list[str]], list[str], dict]:
+    import numpy as np
+
+    try:
+        f = np.load(path)
+    except (OSError, ValueError) as e:
+        sys.exit(f"srs benchmark: cannot read --inputs {path}: {e}")
+    item_ids = f["item_ids"].tolist()
+    items, offsets = f["items"], f["offsets"]
+    sequences = {u: [item_ids[i] for i in items[offsets[k]:offsets[k + 1]]] for k, u in enumerate(f["users"].tolist())}
+    needed = {"llm-frozen": "item_embeddings", "llmemb": "item_embeddings", "tslrec": "item_embeddings",
+              "ger": "attribute_scores"}.get(source)
+    if needed and needed not in f.files:
+        sys.exit(f"srs benchmark: --inputs {path} has no {needed} for source {source!r} (it holds {f.files})")
+    return sequences, item_ids, {needed: f[needed].astype(np.float32)} if needed else {}
 
 
 def config(args: argparse.Namespace, seed: int):
@@ -119,23 +157,35 @@ def write_results(args: argparse.Namespace, name: str, rows: list[dict], header:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from cluster.config import RayConfig
-    from cluster.runtime import init_ray
-    from srs import popularity_metrics, train_srs
+    from srs import popularity_metrics
 
-    sequences, item_ids = load_data(args)
-    kwargs = source_inputs(args, item_ids)
+    if args.inputs:
+        sequences, item_ids, kwargs = load_inputs(args.inputs, args.source)
+    else:
+        sequences, item_ids = load_data(args)
+        kwargs = source_inputs(args, item_ids)
+    if args.save_inputs:
+        save_inputs(args.save_inputs, sequences, item_ids, kwargs)
+        print(f"srs benchmark: inputs of {args.dataset}/{args.source} -> {args.save_inputs}", flush=True)
+        return
     name = f"{args.dataset}-{args.model}-{args.source}-{args.ranking}"
     n_interactions = sum(len(s) for s in sequences.values())
     print(f"{args.dataset}: {len(sequences)} users, {len(item_ids)} items, {n_interactions} interactions", flush=True)
     pop = popularity_metrics(sequences, item_ids, ranking=args.ranking)
     print(f"popularity: HR@10={pop['HR@10']:.4f} NDCG@10={pop['NDCG@10']:.4f} tailHR@10={pop['tail/HR@10']:.4f}", flush=True)
 
-    init_ray(RayConfig(num_cpus=2, log_to_driver=False))
+    if args.in_process:
+        from srs import train_local as train
+    else:
+        from cluster import init_ray
+        from cluster.config import RayConfig
+        from srs import train_srs as train
+
+        init_ray(RayConfig(num_cpus=2, log_to_driver=False))
     rows = []
     for seed in args.seeds:
         cfg = config(args, seed)
-        r = train_srs(sequences, item_ids, cfg, args.source, **kwargs)
+        r = train(sequences, item_ids, cfg, args.source, **kwargs)
         row = {"seed": seed, **{k: r.test[k] for k in REPORTED}, "best_epoch": r.best_epoch, "epochs": r.epochs,
                "epoch_s": r.seconds_per_epoch, "curve": r.valid_curve}
         rows.append(row)

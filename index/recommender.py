@@ -16,7 +16,7 @@ from safetensors.torch import load as load_safetensors
 from cluster.config import SRSConfig
 from cluster.storage import Store
 from srs.data import pad_left
-from srs.train import build_model
+from srs.fit import build_model
 
 PREFERRED_SOURCES = ("llmemb", "id")   # LLM-guided first (what this project is for), then any other
 

@@ -25,7 +25,7 @@ from cluster.storage import Store
 from index import Recommender, build_from_run, create_app, similar_items
 from jobs.train import publish_model
 from srs.data import pad_left
-from srs.train import build_model
+from srs.fit import build_model
 from tests.test_index import clustered_vectors, write_run
 
 RUN = "run-a"

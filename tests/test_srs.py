@@ -14,7 +14,7 @@ from srs import ALL_METRICS, METRICS, MODELS, SOURCES, popularity_baseline, popu
 from srs.data import BucketBatchSampler, Ragged, TrainBatch, build_tensors, sample_negatives
 from srs.fusion import LLMEmbAdapter, SourceInputs, build_item_embedding, latent_categories
 from srs.metrics import report, sample_candidates, sampled_ranks, tail_items
-from srs.train import build_model, fit
+from srs.fit import build_model, fit
 
 N_ITEMS = 200
 
@@ -318,6 +318,52 @@ def test_sasrec_id_through_ray_beats_popularity(sasrec_id, cyclic):
     assert result.checkpoint is None
     assert result.item_table.shape == (len(item_ids), SMALL.hidden_size)
     assert result.seconds >= result.seconds_per_epoch * result.epochs > 0
+
+
+def test_in_process_training_is_the_same_run_as_ray_train(sasrec_id, cyclic):
+    """train_local (no Ray) runs the same split, model and loop: on the CPU it ends exactly where
+    Ray Train's single worker does."""
+    from srs import train_local
+
+    sequences, item_ids, _ = cyclic
+    local = train_local(sequences, item_ids, SMALL, "id", device="cpu")
+    assert local.valid_curve == sasrec_id.valid_curve and local.test == sasrec_id.test
+    assert np.array_equal(local.item_table, sasrec_id.item_table)
+
+
+def test_benchmark_runs_from_saved_inputs_where_ray_is_not_installed(cyclic, tmp_path: Path):
+    """benchmarks/srs.py --save-inputs here, then --inputs --in-process in a process that cannot
+    import Ray (a lone GPU box): llmemb pre-trains its ID model and trains, all in-process."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("srs_benchmark", REPO / "benchmarks" / "srs.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    sequences, item_ids, _ = cyclic
+    bundle = tmp_path / "inputs.npz"
+    bench.save_inputs(str(bundle), sequences, item_ids, {"item_embeddings": cycle_embeddings()})
+    loaded_sequences, loaded_ids, kwargs = bench.load_inputs(str(bundle), "llmemb")
+    assert loaded_sequences == sequences and loaded_ids == item_ids
+    assert np.allclose(kwargs["item_embeddings"], cycle_embeddings(), atol=1e-3)
+
+    small = {k: getattr(SMALL, k) for k in ("hidden_size", "num_layers", "num_heads", "max_len", "dropout", "pca_dim",
+                                            "epochs", "patience", "batch_size", "lr")}
+    overrides = [f"--set={k}={v}" for k, v in small.items()]
+    script = ("import sys, runpy; sys.modules['ray'] = None; sys.argv = ['srs.py', *sys.argv[1:]]; "
+              "runpy.run_path('benchmarks/srs.py', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", script, "--dataset", "cyclic", "--source", "llmemb", "--ranking",
+                          "sampled", "--seeds", "42", "--inputs", str(bundle), "--in-process",
+                          "--out", str(tmp_path / "out"), *overrides],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("srs: dataset=cyclic model=sasrec source=llmemb ranking=sampled HR@10=")
+    assert float(last.split("HR@10=")[1].split()[0]) > 0.4   # popularity: ~0.1 of 101 candidates
+    assert (tmp_path / "out" / "cyclic-sasrec-llmemb-sampled.csv").exists()
 
 
 def test_llmemb_aligned_to_the_id_model_through_ray(sasrec_id, cyclic, tmp_path: Path):
