@@ -19,7 +19,7 @@ class AdapterError(ValueError):
 
 
 @lru_cache(maxsize=4)
-def _module_shapes(model_path: str) -> dict[str, tuple[int, int]]:
+def module_shapes(model_path: str) -> dict[str, tuple[int, int]]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -40,7 +40,7 @@ def check_adapter(path: str, model_cfg: ModelConfig, name: str = "adapter") -> N
         raise AdapterError(f"adapter {name!r}: peft_type {config.get('peft_type')} is not LORA")
     from safetensors import safe_open
 
-    shapes = _module_shapes(str(resolve_model_path(model_cfg.path, model_cfg.cache_dir)))
+    shapes = module_shapes(str(resolve_model_path(model_cfg.path, model_cfg.cache_dir)))
     with safe_open(str(weights), "pt") as f:
         for key in f.keys():
             if ".lora_A." not in key and ".lora_B." not in key:

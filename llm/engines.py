@@ -38,6 +38,12 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
+def truncate_text(tokenizer, text: str, limit: int) -> str:
+    """`text` cut to `limit` tokens, for text that is wrapped in a longer request afterwards."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= limit else tokenizer.decode(ids[:limit])
+
+
 def pick_engine(cfg: ModelConfig) -> str:
     if cfg.engine != "auto":
         return cfg.engine
@@ -60,6 +66,9 @@ class Engine:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
+    def truncate_text(self, text: str) -> str:
+        return truncate_text(self.tokenizer, text, self.cfg.max_prompt_tokens)
+
     def tokenize(self, prompts: list[str]) -> Tokenized:
         ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
         limit = self.cfg.max_prompt_tokens
@@ -81,8 +90,11 @@ class Engine:
 
     def generate(self, prompts: list[str], max_new_tokens: int = 64, adapter: Adapter | None = None,
                  json_schema: dict | None = None) -> list[str]:
-        """Greedy completions; with `json_schema`, decoding is constrained to JSON matching it."""
-        return self.generate_ids(self.tokenize(prompts).ids, max_new_tokens, adapter, json_schema)
+        """Greedy completions; with `json_schema`, decoding is constrained to JSON matching it. The
+        requests are not cut (that could drop their instructions): cut the long text inside them
+        first (truncate_text)."""
+        ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        return self.generate_ids(ids, max_new_tokens, adapter, json_schema)
 
 
 class HFEngine(Engine):

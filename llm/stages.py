@@ -102,7 +102,7 @@ class BlockEmbedder:
         from llm.attributes import MAX_NEW_TOKENS, parse_scores, score_prompt, score_schema
 
         schema = score_schema(self.attributes)
-        asks = [score_prompt(p, self.attributes) for p in prompts]
+        asks = [score_prompt(self.engine.truncate_text(p), self.attributes) for p in prompts]
         results = [parse_scores(t, self.attributes)
                    for t in self.engine.generate(asks, MAX_NEW_TOKENS, adapter, json_schema=schema)]
         failed = [i for i, (scores, _) in enumerate(results) if scores is None]

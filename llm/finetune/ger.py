@@ -28,7 +28,8 @@ from catalog.prompts import clean_text
 from catalog.schemas import RESERVED_COLUMNS
 from cluster.config import Config, ModelConfig
 from llm.attributes import MAX_NEW_TOKENS, attributes_for, parse_scores, score_prompt, score_schema
-from llm.finetune.lora import backbone, padded, truncate_text
+from llm.engines import truncate_text
+from llm.finetune.lora import backbone, padded
 from llm.finetune.recipe import Batch, Job, Objective
 
 TEACHER_CACHE = "ger_teacher.parquet"

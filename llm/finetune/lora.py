@@ -26,9 +26,9 @@ def causal_lm_path(cfg: ModelConfig, targets: list[str]) -> str:
     if not (any(a in causal for a in archs) if archs else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
         raise FinetuneError(f"model {cfg.path!r} is not a causal LM (architectures: {archs or config.model_type}); "
                             f"fine-tuning needs a *ForCausalLM checkpoint")
-    from llm.adapters import _module_shapes  # meta-device module list, cached: no weights loaded
+    from llm.adapters import module_shapes  # meta-device module list, cached: no weights loaded
 
-    names = {n.rsplit(".", 1)[-1] for n in _module_shapes(path)}
+    names = {n.rsplit(".", 1)[-1] for n in module_shapes(path)}
     missing = [t for t in targets if t not in names]
     if missing:
         raise FinetuneError(f"model {cfg.path!r} has no modules named {missing} for LoRA (finetune.lora_targets)")
@@ -59,12 +59,6 @@ def lora_model(model_cfg: ModelConfig, ft: FinetuneConfig, device):
 def tokenize(tokenizer, prompts: list[str], limit: int) -> list[list[int]]:
     """Token ids cut to `limit`, as Engine.tokenize does for the embedding job."""
     return [x[:limit] for x in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
-
-
-def truncate_text(tokenizer, text: str, limit: int) -> str:
-    """`text` cut to `limit` tokens, for text that is wrapped in a longer prompt afterwards."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return text if len(ids) <= limit else tokenizer.decode(ids[:limit])
 
 
 def padded(ids: list[list[int]], pad_id: int, device):
