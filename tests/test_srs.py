@@ -427,3 +427,33 @@ def test_a_killed_training_run_resumes_to_the_same_result(ray_local, cyclic, tmp
     again = train_srs(sequences, item_ids, cfg, "id", storage_path=str(storage))   # finished: only re-tested
     assert again.resumed_from == cfg.epochs and again.test == resumed.test
     assert json.loads((Path(resumed.checkpoint) / "srs.json").read_text())["source"] == "id"
+
+
+def test_grid_gathers_seeds_and_reports_failed_runs(cyclic, tmp_path: Path):
+    """benchmarks/srs_grid.py: two seeds of one config become one row with both seeds; a run that
+    fails (ger without scores) is named, not counted."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("srs_benchmark", REPO / "benchmarks" / "srs.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    sequences, item_ids, _ = cyclic
+    bundle = tmp_path / "inputs.npz"
+    bench.save_inputs(str(bundle), sequences, item_ids, {})
+    small = "--set hidden_size=16 --set num_layers=1 --set num_heads=1 --set max_len=20 --set epochs=2"
+    plan = tmp_path / "plan.txt"
+    plan.write_text(f"# two seeds, one failure\n"
+                    f"--dataset cyclic --inputs {bundle} --source id --seeds 42 --in-process {small}\n\n"
+                    f"--dataset cyclic --inputs {bundle} --source id --seeds 43 --in-process {small}\n"
+                    f"--dataset cyclic --inputs {bundle} --source ger --seeds 42 --in-process {small}\n")
+    out = subprocess.run([sys.executable, "benchmarks/srs_grid.py", "--plan", str(plan), "--parallel", "2",
+                          "--out", str(tmp_path / "grid")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "run 2 failed" in out.stdout
+    assert out.stdout.strip().splitlines()[-1].startswith("srs_grid: runs=2/3 seconds=")
+    table = (tmp_path / "grid" / "grid.md").read_text().splitlines()
+    assert len(table) == 3 and "| 42,43 |" in table[2] and "--seeds" not in table[2]
