@@ -1,7 +1,7 @@
 """Recommend from a published SRS model: a user's item sequence in, the top-k next items out.
 
-`guidedrec train` publishes models/<run>/<source>/ (model.safetensors, srs.json, items.parquet,
-then a manifest). The model is rebuilt from srs.json's config and the weights alone: every source
+`guidedrec train` publishes models/<run>/<source>/<version>/ (model.safetensors, srs.json,
+items.parquet), then the manifest of models/<run>/<source> naming that version. The model is rebuilt from srs.json's config and the weights alone: every source
 keeps the table it derives from its frozen inputs (LLMEmb's PCA-reduced LLM embeddings, GER's
 attribute scores, TSLRec's knowledge) in the weights, so serving reads no embeddings run.
 """
@@ -67,7 +67,9 @@ class Recommender:
 
     @classmethod
     def load(cls, store: Store, rel: str) -> "Recommender":
-        """Rebuild the model published at `rel` from its config and weights."""
+        """Rebuild the model published at `rel` (its manifest's version) from its config and weights."""
+        version = store.manifest(rel).get("version")
+        rel = f"{rel}/{version}" if version else rel   # a model published before versions: files in rel
         meta = store.read_json(f"{rel}/srs.json")
         cfg = SRSConfig.model_validate(meta["cfg"])
         state = load_safetensors(store.read_bytes(f"{rel}/model.safetensors"))

@@ -8,6 +8,8 @@ the table to reports/<run>/metrics.json beside a popularity baseline.
 """
 from __future__ import annotations
 
+import time
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -50,14 +52,22 @@ def run_train(cfg: Config, store: Store | None = None) -> dict[str, dict[str, fl
     return results
 
 
-def publish_model(store: Store, rel: str, result, item_ids: list[str]) -> None:
-    """Copy the best checkpoint to a stable, committed place the query service loads from."""
+def publish_model(store: Store, rel: str, result, item_ids: list[str]) -> str:
+    """Copy the best checkpoint to a new version folder under `rel`, then point `rel`'s manifest
+    at it: a service loading meanwhile reads the previous version whole, never a mix of two. Keeps
+    the previous version (it may be loading right now) and removes older ones. Returns the version."""
+    previous = store.manifest(rel).get("version") if store.is_committed(rel) else None
+    version = f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
     for name in ("model.safetensors", "srs.json"):
         with store.fs.open_input_stream(f"{result.checkpoint}/{name}") as f:
-            store.write_bytes(f"{rel}/{name}", f.read())
-    store.write_parquet(f"{rel}/items.parquet", pa.table({"item_id": pa.array(item_ids, pa.string())}))
-    store.commit(rel, {"test": result.test, "valid": result.valid, "best_epoch": result.best_epoch,
+            store.write_bytes(f"{rel}/{version}/{name}", f.read())
+    store.write_parquet(f"{rel}/{version}/items.parquet", pa.table({"item_id": pa.array(item_ids, pa.string())}))
+    store.commit(rel, {"version": version, "test": result.test, "valid": result.valid, "best_epoch": result.best_epoch,
                        "items": len(item_ids), "files": ["model.safetensors", "srs.json", "items.parquet"]})
+    for name in store.list(rel):
+        if name.startswith("v") and name not in (version, previous):
+            store.delete_dir(f"{rel}/{name}")
+    return version
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:

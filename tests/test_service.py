@@ -81,7 +81,7 @@ def test_healthz_and_openapi(client, world):
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["version"] == world.version and health["count"] == N_ITEMS
     assert health["run"] == RUN and health["dims"] == DIMS and health["metric"] == "cosine"
-    assert health["model"].endswith(f"models/{RUN}/llmemb")
+    assert f"models/{RUN}/llmemb/v" in health["model"]
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/healthz", "/items/{item_id}/similar", "/search", "/recommend"} <= set(paths)
 
@@ -113,7 +113,7 @@ def test_search_by_vector(client, world):
 def test_recommend_returns_the_models_ranking(client, world):
     seq = world.model_ids[10:14]
     body = client.post("/recommend", json={"items": seq, "k": 6}).json()
-    assert body["model"].endswith(f"models/{RUN}/llmemb") and body["version"] == world.version
+    assert f"models/{RUN}/llmemb/v" in body["model"] and body["version"] == world.version
     ids, scores = expected_recommendations(world.models["llmemb"], world.model_ids, seq, 6, set(seq))
     assert [r["item_id"] for r in body["items"]] == ids
     np.testing.assert_allclose([r["score"] for r in body["items"]], scores, rtol=1e-4, atol=1e-5)
@@ -128,7 +128,7 @@ def test_recommend_returns_the_models_ranking(client, world):
 def test_recommend_with_the_configured_source(world):
     app = create_app(world.store, ServeConfig(model_source="id"))
     body = TestClient(app).post("/recommend", json={"items": world.model_ids[:3], "k": 3}).json()
-    assert body["model"].endswith(f"models/{RUN}/id")
+    assert f"models/{RUN}/id/v" in body["model"]
     ids, _ = expected_recommendations(world.models["id"], world.model_ids, world.model_ids[:3], 3, set(world.model_ids[:3]))
     assert [r["item_id"] for r in body["items"]] == ids
 
@@ -149,6 +149,25 @@ def test_every_source_and_backbone_is_rebuilt_from_its_weights(tmp_path, backbon
     seq = torch.from_numpy(pad_left([[3, 7, 9]], cfg.max_len))
     with torch.no_grad():
         torch.testing.assert_close(served.model.score_all(seq), trained.score_all(seq))
+
+
+def test_republishing_never_changes_the_files_of_a_loaded_version(tmp_path):
+    """Each publish writes a new version folder and then switches the manifest: the version a
+    service is loading stays whole; the one before it is removed."""
+    store = Store(str(tmp_path / "store"))
+    ids = [f"i{i}" for i in range(20)]
+    rel = f"models/{RUN}/id"
+    publish_random_model(store, RUN, "id", ids)
+    first = store.manifest(rel)["version"]
+    first_weights = store.read_bytes(f"{rel}/{first}/model.safetensors")
+    loaded = Recommender.load(store, rel)
+    publish_random_model(store, RUN, "id", ids, TINY.model_copy(update={"hidden_size": 8}))
+    second = store.manifest(rel)["version"]
+    assert second != first and store.read_bytes(f"{rel}/{first}/model.safetensors") == first_weights
+    assert loaded.where.endswith(first) and Recommender.load(store, rel).where.endswith(second)
+    assert Recommender.load(store, rel).model.items.table().shape[1] == 8
+    publish_random_model(store, RUN, "id", ids)
+    assert sorted(n for n in store.list(rel) if n.startswith("v")) == sorted([second, store.manifest(rel)["version"]])
 
 
 @pytest.mark.parametrize("method, path, payload, status, message", [
@@ -363,5 +382,5 @@ def test_trained_model_recommends_the_next_item(ray_local, tmp_path):
     publish_model(store, "models/cyc/llmemb", result, ids)
 
     body = TestClient(create_app(store, ServeConfig())).post("/recommend", json={"items": ids[5:8], "k": 10}).json()
-    assert body["model"].endswith("models/cyc/llmemb")
+    assert "models/cyc/llmemb/v" in body["model"]
     assert ids[8] in [r["item_id"] for r in body["items"]]

@@ -42,13 +42,14 @@ def _published_id_table(job: Job, item_ids: list[str]) -> np.ndarray | None:
     """Item rows of the ID SASRec `guidedrec train` published for this data set, if it covers every item."""
     from cluster.storage import StorageError
     from index.recommender import Recommender, find_model
+    from srs.models import SASRec
 
     run = f"{Path(job.cfg.dataset.name).name}-{Path(job.cfg.model.path).name}-base"  # jobs.embed.run_name's default
     try:
         rel = find_model(job.store, run, "id")
-        if job.store.read_json(f"{rel}/srs.json")["cfg"]["model"] != "sasrec":
-            return None
         rec = Recommender.load(job.store, rel)
+        if not isinstance(rec.model, SASRec):
+            return None
     except (LookupError, OSError, ValueError, StorageError):
         return None
     pos = {item: i for i, item in enumerate(rec.item_ids)}
