@@ -101,6 +101,7 @@ class HFEngine(Engine):
     """transformers (+ peft for adapters): the CPU default."""
 
     name = "hf"
+    generate_batch = 16
 
     def __init__(self, cfg: ModelConfig, threads: int | None = None):
         import torch
@@ -135,13 +136,15 @@ class HFEngine(Engine):
         self.model.set_adapter(adapter.name)
         return self.model
 
-    def _padded(self, ids: list[list[int]]):
+    def _padded(self, ids: list[list[int]], left: bool = False):
         import torch
 
         width = max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
+        rows = [([pad] * (width - len(x)) + x, [0] * (width - len(x)) + [1] * len(x)) if left else
+                (x + [pad] * (width - len(x)), [1] * len(x) + [0] * (width - len(x))) for x in ids]
+        input_ids = torch.tensor([r[0] for r in rows], device=self.device)
+        mask = torch.tensor([r[1] for r in rows], device=self.device)
         return input_ids, mask
 
     def embed_ids(self, ids: list[list[int]], adapter: Adapter | None = None) -> np.ndarray:
@@ -160,19 +163,24 @@ class HFEngine(Engine):
 
     def generate_ids(self, ids: list[list[int]], max_new_tokens: int, adapter: Adapter | None = None,
                      json_schema: dict | None = None) -> list[str]:
+        """Batches of `generate_batch` prompts of similar length, left-padded (decoding appends on
+        the right): a batch decodes several times more tokens per second than one prompt at a time."""
         import torch
 
         model = self._with_adapter(adapter)
         grammar = self._compile(json_schema) if json_schema else None
-        texts = []
+        texts = [""] * len(ids)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         with torch.inference_mode():
-            for x in ids:  # one at a time: no left-padding subtleties, and CPU batches are small
-                inp = torch.tensor([x], device=self.device)
-                processors = [_xgrammar_processor(grammar)] if grammar else None
-                out = model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new_tokens,
+            for start in range(0, len(order), self.generate_batch):
+                rows = order[start:start + self.generate_batch]
+                input_ids, mask = self._padded([ids[i] for i in rows], left=True)
+                processors = [_xgrammar_processor(grammar)] if grammar else None  # one matcher per row
+                out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                      do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
                                      logits_processor=processors)
-                texts.append(self.tokenizer.decode(out[0, len(x):], skip_special_tokens=True))
+                for i, new in zip(rows, out[:, input_ids.shape[1]:]):
+                    texts[i] = self.tokenizer.decode(new, skip_special_tokens=True)
         return texts
 
     def _compile(self, schema: dict):

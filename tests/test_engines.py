@@ -102,3 +102,16 @@ def test_a_long_item_keeps_the_scoring_instructions(hf_engine):
     whole = hf_engine.generate_ids([ids], 6)
     assert hf_engine.generate([request], 6) == whole
     assert hf_engine.generate_ids([ids[:limit]], 6) != whole   # what cutting the request used to answer
+
+
+def test_batched_generation_matches_one_prompt_at_a_time(hf_engine, monkeypatch):
+    """Left-padded batches of mixed lengths give the same greedy (and schema-constrained) answers."""
+    from llm.attributes import attributes_for, score_prompt, score_schema
+
+    names = attributes_for("movie")[:3]
+    asks = [score_prompt(p, names) for p in PROMPTS]
+    batched = hf_engine.generate(asks, 24, json_schema=score_schema(names))
+    plain = hf_engine.generate(PROMPTS, 8)
+    monkeypatch.setattr(hf_engine, "generate_batch", 1)
+    assert hf_engine.generate(asks, 24, json_schema=score_schema(names)) == batched
+    assert hf_engine.generate(PROMPTS, 8) == plain
