@@ -91,7 +91,7 @@ class TeacherScorer:
         return out
 
 
-def teacher_scores(job: Job, prompts: list[str], names: list[str], chunk: int = 8) -> dict[str, list[int]]:
+def teacher_scores(job: Job, prompts: list[str], names: list[str], chunk: int = 16) -> dict[str, list[int]]:
     """Scores per prompt hash: read from the output directory's cache, the missing ones computed by a
     TeacherScorer actor (GPU when there is one) and added to the cache after every chunk."""
     import ray
