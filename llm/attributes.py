@@ -47,6 +47,14 @@ def score_prompt(item_prompt: str, names: list[str]) -> str:
     return f"<|im_start|>user\n{ask}<|im_end|>\n<|im_start|>assistant\n"
 
 
+def score_request(tokenizer, item_prompt: str, names: list[str], limit: int) -> str:
+    """The scoring request for one item: its text is cut to `limit` tokens before it is wrapped, so
+    the instructions and the assistant turn always survive (generation never cuts a request)."""
+    from llm.engines import truncate_text
+
+    return score_prompt(truncate_text(tokenizer, item_prompt, limit), names)
+
+
 def parse_scores(text: str, names: list[str]) -> tuple[list[float] | None, str | None]:
     """(scores in `names` order, None) or (None, the reason the answer is unusable)."""
     try:

@@ -66,9 +66,6 @@ class Engine:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
-    def truncate_text(self, text: str) -> str:
-        return truncate_text(self.tokenizer, text, self.cfg.max_prompt_tokens)
-
     def tokenize(self, prompts: list[str]) -> Tokenized:
         ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
         limit = self.cfg.max_prompt_tokens
@@ -92,7 +89,7 @@ class Engine:
                  json_schema: dict | None = None) -> list[str]:
         """Greedy completions; with `json_schema`, decoding is constrained to JSON matching it. The
         requests are not cut (that could drop their instructions): cut the long text inside them
-        first (truncate_text)."""
+        first (llm.attributes.score_request does)."""
         ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
         return self.generate_ids(ids, max_new_tokens, adapter, json_schema)
 

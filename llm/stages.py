@@ -99,10 +99,11 @@ class BlockEmbedder:
 
     def score(self, prompts: list[str], adapter: Adapter | None) -> tuple[list, list]:
         """GER attribute scores per item: constrained generation, validated; one retry with room to finish."""
-        from llm.attributes import MAX_NEW_TOKENS, parse_scores, score_prompt, score_schema
+        from llm.attributes import MAX_NEW_TOKENS, parse_scores, score_request, score_schema
 
         schema = score_schema(self.attributes)
-        asks = [score_prompt(self.engine.truncate_text(p), self.attributes) for p in prompts]
+        limit = self.engine.cfg.max_prompt_tokens
+        asks = [score_request(self.engine.tokenizer, p, self.attributes, limit) for p in prompts]
         results = [parse_scores(t, self.attributes)
                    for t in self.engine.generate(asks, MAX_NEW_TOKENS, adapter, json_schema=schema)]
         failed = [i for i, (scores, _) in enumerate(results) if scores is None]

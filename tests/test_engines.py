@@ -91,13 +91,14 @@ def test_attribute_scores_are_schema_constrained(engine_name, hf_engine, vllm_en
 def test_a_long_item_keeps_the_scoring_instructions(hf_engine):
     """The item text is cut to max_prompt_tokens before it is wrapped in the scoring request, and
     the request itself is generated from whole: it still ends with the assistant turn."""
-    from llm.attributes import attributes_for, score_prompt
+    from llm.attributes import attributes_for, score_request
 
     limit = hf_engine.cfg.max_prompt_tokens
     long_item = PROMPTS[1] + " It is described as: " + "a long lasting glossy finish, " * 80
-    request = score_prompt(hf_engine.truncate_text(long_item), attributes_for("beauty"))
+    request = score_request(hf_engine.tokenizer, long_item, attributes_for("beauty"), limit)
     ids = hf_engine.tokenizer(request, add_special_tokens=True)["input_ids"]
-    assert len(hf_engine.tokenizer(hf_engine.truncate_text(long_item), add_special_tokens=False)["input_ids"]) <= limit
+    item_part = request.split("\nRate this item")[0].removeprefix("<|im_start|>user\n")
+    assert len(hf_engine.tokenizer(item_part, add_special_tokens=False)["input_ids"]) <= limit + 1
     assert len(ids) > limit and request.endswith("<|im_start|>assistant\n")
     whole = hf_engine.generate_ids([ids], 6)
     assert hf_engine.generate([request], 6) == whole

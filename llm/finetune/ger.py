@@ -27,8 +27,7 @@ from catalog import item_prompt, user_sequences
 from catalog.prompts import clean_text
 from catalog.schemas import RESERVED_COLUMNS
 from cluster.config import Config, ModelConfig
-from llm.attributes import MAX_NEW_TOKENS, attributes_for, parse_scores, score_prompt, score_schema
-from llm.engines import truncate_text
+from llm.attributes import MAX_NEW_TOKENS, attributes_for, parse_scores, score_request, score_schema
 from llm.finetune.lora import backbone, padded
 from llm.finetune.recipe import Batch, Job, Objective
 
@@ -153,7 +152,7 @@ class GER(Objective):
         needed = sorted({i for batch in job.plan(len(examples)) for i in batch})  # only what the steps read
 
         def ask(text: str) -> str:
-            return score_prompt(truncate_text(job.tokenizer, text, limit), names)
+            return score_request(job.tokenizer, text, names, limit)
 
         prompts = {i: (ask(history_text([rows[h] for h in examples[i][0]], cat.domain)),
                        ask(item_prompt(rows[examples[i][1]], cat.domain))) for i in needed}
