@@ -106,11 +106,15 @@ def load_inputs(path: str, source: str) -> tuple[dict[str, list[str]], list[str]
     item_ids = f["item_ids"].tolist()
     items, offsets = f["items"], f["offsets"]
     sequences = {u: [item_ids[i] for i in items[offsets[k]:offsets[k + 1]]] for k, u in enumerate(f["users"].tolist())}
-    needed = {"llm-frozen": "item_embeddings", "llmemb": "item_embeddings", "tslrec": "item_embeddings",
-              "ger": "attribute_scores"}.get(source)
-    if needed and needed not in f.files:
-        sys.exit(f"srs benchmark: --inputs {path} has no {needed} for source {source!r} (it holds {f.files})")
-    return sequences, item_ids, {needed: f[needed].astype(np.float32)} if needed else {}
+    from cluster.config import SRSConfig
+    from srs.fusion import required_inputs
+
+    saved_as = {"llm": "item_embeddings", "attributes": "attribute_scores"}   # train_srs's keyword names
+    needed = [saved_as[n] for n in required_inputs(source, SRSConfig()) if n in saved_as]
+    missing = [n for n in needed if n not in f.files]
+    if missing:
+        sys.exit(f"srs benchmark: --inputs {path} has no {missing} for source {source!r} (it holds {f.files})")
+    return sequences, item_ids, {n: f[n].astype(np.float32) for n in needed}
 
 
 def config(args: argparse.Namespace, seed: int):
