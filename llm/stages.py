@@ -21,7 +21,7 @@ from llm.engines import Adapter, build_engine
 
 def embedding_schema(dims: int, n_attributes: int = 0) -> pa.Schema:
     """The embeddings-run contract (DESIGN.md): one row per item and adapter, a fixed-size float32
-    vector, and with attribute scoring the raw 1-10 scores (null on failure, with the reason)."""
+    vector, and with attribute scoring the raw 1-9 expected scores."""
     fields = [
         ("item_id", pa.string()),
         ("content_hash", pa.string()),
@@ -31,7 +31,7 @@ def embedding_schema(dims: int, n_attributes: int = 0) -> pa.Schema:
         ("adapter", pa.string()),
     ]
     if n_attributes:
-        fields += [("attributes", pa.list_(pa.float32(), n_attributes)), ("attributes_error", pa.string())]
+        fields.append(("attributes", pa.list_(pa.float32(), n_attributes)))
     return pa.schema(fields)
 
 
@@ -93,22 +93,14 @@ class BlockEmbedder:
                    pa.array(tok.truncated, pa.bool_()), pa.array([self.model_id] * n, pa.string()),
                    pa.array([adapter_name] * n, pa.string())]
         if self.attributes:
-            scores, errors = self.score(prompts, adapter)
-            columns += [pa.array(scores, pa.list_(pa.float32(), len(self.attributes))), pa.array(errors, pa.string())]
+            columns.append(pa.FixedSizeListArray.from_arrays(pa.array(self.score(prompts, adapter).reshape(-1)),
+                                                             len(self.attributes)))
         return pa.Table.from_arrays(columns, schema=embedding_schema(d, len(self.attributes)))
 
-    def score(self, prompts: list[str], adapter: Adapter | None) -> tuple[list, list]:
-        """GER attribute scores per item: constrained generation, validated; one retry with room to finish."""
-        from llm.attributes import MAX_NEW_TOKENS, parse_scores, score_request, score_schema
+    def score(self, prompts: list[str], adapter: Adapter | None) -> np.ndarray:
+        """GER attribute scores per item [n, A]: expected values read off the fixed-form answer."""
+        from llm.attributes import answer_probs, expected_scores, score_request
 
-        schema = score_schema(self.attributes)
         limit = self.engine.cfg.max_prompt_tokens
         asks = [score_request(self.engine.tokenizer, p, self.attributes, limit) for p in prompts]
-        results = [parse_scores(t, self.attributes)
-                   for t in self.engine.generate(asks, MAX_NEW_TOKENS, adapter, json_schema=schema)]
-        failed = [i for i, (scores, _) in enumerate(results) if scores is None]
-        if failed:
-            retry = self.engine.generate([asks[i] for i in failed], 2 * MAX_NEW_TOKENS, adapter, json_schema=schema)
-            for i, text in zip(failed, retry):
-                results[i] = parse_scores(text, self.attributes)
-        return [r[0] for r in results], [r[1] for r in results]
+        return expected_scores(answer_probs(self.engine, asks, self.attributes, adapter))

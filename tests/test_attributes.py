@@ -1,36 +1,36 @@
+import json
+
 import numpy as np
 import pytest
 
-from llm.attributes import DEFAULT_ATTRIBUTES, attributes_for, normalize, parse_scores, raw_scores, score_schema
+from llm.attributes import (DEFAULT_ATTRIBUTES, answer_tokens, attributes_for, expected_scores, most_likely_scores,
+                            normalize, raw_scores, value_tokens)
 
 NAMES = ["humor", "romance"]
 
 
-def test_every_domain_has_twelve_attributes_and_a_bounded_schema():
+def test_every_domain_has_twelve_unique_attributes():
     for domain, names in DEFAULT_ATTRIBUTES.items():
         assert len(names) == 12 == len(set(names)), domain
-    schema = score_schema(NAMES)
-    assert schema["required"] == NAMES and schema["properties"]["humor"]["enum"] == list(range(1, 11))
     assert attributes_for("unknown-domain") == DEFAULT_ATTRIBUTES["product"]
     with pytest.raises(ValueError, match="unique"):
         attributes_for("movie", ["a", "a"])
 
 
-@pytest.mark.parametrize("text, reason", [
-    ('{"humor": 3, "romance": 9}', None),
-    ('{"humor": 3, "romance": 9', "not JSON"),
-    ('[3, 9]', "not a JSON object"),
-    ('{"humor": 3}', "missing attributes"),
-    ('{"humor": 11, "romance": 2}', "not an integer from 1 to 10"),
-    ('{"humor": true, "romance": 2}', "not an integer from 1 to 10"),
-    ('{"humor": 2.5, "romance": 2}', "not an integer from 1 to 10"),
-])
-def test_parse_scores_validates(text, reason):
-    scores, why = parse_scores(text, NAMES)
-    if reason is None:
-        assert scores == [3.0, 9.0] and why is None
-    else:
-        assert scores is None and reason in why
+def test_the_fixed_answer_is_json_with_one_token_per_value(hf_engine):
+    tok = hf_engine.tokenizer
+    ids, positions = answer_tokens(tok, NAMES, [3, 9])
+    assert json.loads(tok.decode(ids, skip_special_tokens=True)) == {"humor": 3, "romance": 9}
+    assert [ids[p] for p in positions] == [value_tokens(tok)[2], value_tokens(tok)[8]]
+    assert tok.decode(value_tokens(tok)) == "123456789"
+
+
+def test_scores_read_from_value_distributions():
+    probs = np.zeros((1, 2, 9), np.float32)
+    probs[0, 0, 2] = 1                      # certain of 3
+    probs[0, 1, [0, 8]] = 0.5               # torn between 1 and 9
+    assert np.allclose(expected_scores(probs), [[3, 5]])
+    assert most_likely_scores(probs).tolist() == [[3, 1]]
 
 
 def test_normalize_is_a_z_score_that_keeps_failures_null():

@@ -51,11 +51,16 @@ def test_vllm_and_hf_agree_on_embeddings(hf_engine, vllm_engine):
 
 
 @pytest.mark.slow
-def test_vllm_and_hf_generate_the_same_greedy_text(hf_engine, vllm_engine):
-    prompt = ["<|im_start|>user\nName one primary colour.<|im_end|>\n<|im_start|>assistant\n"]
-    h, v = hf_engine.generate(prompt, 6), vllm_engine.generate(prompt, 6)
-    assert h[0].strip() and v[0].strip()
-    assert h[0].split()[:2] == v[0].split()[:2], (h, v)  # bf16 vs fp32 may drift later in the text
+def test_vllm_and_hf_score_the_same_answers(hf_engine, vllm_engine):
+    from llm.attributes import answer_probs, attributes_for, expected_scores, score_prompt
+
+    names = attributes_for("movie")[:4]
+    asks = [score_prompt(p, names) for p in PROMPTS[:3]]
+    h, v = answer_probs(hf_engine, asks, names), answer_probs(vllm_engine, asks, names)
+    assert h.shape == v.shape == (3, 4, 9)
+    assert np.allclose(v.sum(-1), 1, atol=1e-4)
+    assert np.abs(h[:, 0] - v[:, 0]).max() < 0.05, "the first value's distribution: same prompt, same model"
+    assert np.abs(expected_scores(h) - expected_scores(v)).max() < 0.5, (expected_scores(h), expected_scores(v))
 
 
 def test_adapter_changes_embeddings_and_base_stays_intact(hf_engine, lora_adapter):
@@ -75,22 +80,32 @@ def test_vllm_lora_matches_peft(hf_engine, vllm_engine, lora_adapter):
     assert _cosine(hf_engine.embed(PROMPTS, adapter), vllm_engine.embed(PROMPTS, adapter)).min() >= 0.99
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("engine_name", ["hf", "vllm"])
-def test_attribute_scores_are_schema_constrained(engine_name, hf_engine, vllm_engine):
-    from llm.attributes import MAX_NEW_TOKENS, attributes_for, parse_scores, score_prompt, score_schema
+def test_slot_scores_are_batch_independent_and_match_a_plain_forward(hf_engine, monkeypatch):
+    """Left-padded batches with cached keys and values give the distributions that one unpadded
+    forward pass over the filled-in answer gives, at every value position."""
+    import torch
 
-    engine = hf_engine if engine_name == "hf" else vllm_engine
-    names = attributes_for("movie")[:4]
-    asks = [score_prompt(p, names) for p in PROMPTS[:2]]
-    for text in engine.generate(asks, MAX_NEW_TOKENS, json_schema=score_schema(names)):
-        scores, reason = parse_scores(text, names)
-        assert reason is None and len(scores) == 4 and all(1 <= s <= 10 for s in scores), text
+    from llm.attributes import answer_probs, answer_segments, attributes_for, score_prompt, value_tokens
+
+    names = attributes_for("movie")[:3]
+    asks = [score_prompt(p, names) for p in PROMPTS]
+    batched = answer_probs(hf_engine, asks, names)
+    assert batched.shape == (len(PROMPTS), 3, 9) and np.allclose(batched.sum(-1), 1, atol=1e-5)
+    monkeypatch.setattr(hf_engine, "slot_batch", 1)
+    assert np.allclose(answer_probs(hf_engine, asks, names), batched, atol=1e-4)
+    tok, values = hf_engine.tokenizer, value_tokens(hf_engine.tokenizer)
+    ids = tok(asks[1], add_special_tokens=True)["input_ids"]
+    for j, segment in enumerate(answer_segments(tok, names)):
+        ids += segment
+        with torch.inference_mode():
+            logits = hf_engine._with_adapter(None)(input_ids=torch.tensor([ids])).logits[0, -1, values]
+        assert np.allclose(logits.softmax(-1).numpy(), batched[1, j], atol=1e-4)
+        ids.append(values[int(batched[1, j].argmax())])
 
 
 def test_a_long_item_keeps_the_scoring_instructions(hf_engine):
     """The item text is cut to max_prompt_tokens before it is wrapped in the scoring request, and
-    the request itself is generated from whole: it still ends with the assistant turn."""
+    the request itself is scored whole: it still ends with the assistant turn."""
     from llm.attributes import attributes_for, score_request
 
     limit = hf_engine.cfg.max_prompt_tokens
@@ -100,19 +115,3 @@ def test_a_long_item_keeps_the_scoring_instructions(hf_engine):
     item_part = request.split("\nRate this item")[0].removeprefix("<|im_start|>user\n")
     assert len(hf_engine.tokenizer(item_part, add_special_tokens=False)["input_ids"]) <= limit + 1
     assert len(ids) > limit and request.endswith("<|im_start|>assistant\n")
-    whole = hf_engine.generate_ids([ids], 6)
-    assert hf_engine.generate([request], 6) == whole
-    assert hf_engine.generate_ids([ids[:limit]], 6) != whole   # what cutting the request used to answer
-
-
-def test_batched_generation_matches_one_prompt_at_a_time(hf_engine, monkeypatch):
-    """Left-padded batches of mixed lengths give the same greedy (and schema-constrained) answers."""
-    from llm.attributes import attributes_for, score_prompt, score_schema
-
-    names = attributes_for("movie")[:3]
-    asks = [score_prompt(p, names) for p in PROMPTS]
-    batched = hf_engine.generate(asks, 24, json_schema=score_schema(names))
-    plain = hf_engine.generate(PROMPTS, 8)
-    monkeypatch.setattr(hf_engine, "generate_batch", 1)
-    assert hf_engine.generate(asks, 24, json_schema=score_schema(names)) == batched
-    assert hf_engine.generate(PROMPTS, 8) == plain

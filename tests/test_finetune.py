@@ -181,7 +181,7 @@ def test_scft_adapter_in_vllm_matches_peft(scft_runs, hf_engine, tmp_path_factor
 
 # -- GER, written to S3 ---------------------------------------------------------------------------
 def test_ger_trains_an_attribute_scorer_into_s3(ray_local, s3_store, tmp_path, hf_engine):
-    from llm.attributes import parse_scores, score_prompt, score_schema
+    from llm.attributes import answer_probs, score_prompt
 
     names = ["quality", "price level", "durability"]
     cfg = make_cfg(tmp_path / "store", batch_size=2, ger_history=3)
@@ -196,9 +196,9 @@ def test_ger_trains_an_attribute_scorer_into_s3(ray_local, s3_store, tmp_path, h
         local.mkdir(exist_ok=True)
         (local / name).write_bytes(s3_store.read_bytes(name))
     assert_changes_embeddings(hf_engine, str(local), "ger-test")
-    text = hf_engine.generate([score_prompt(PROMPTS[0], names)], 48, Adapter("ger-test", str(local)),
-                              json_schema=score_schema(names))[0]
-    assert parse_scores(text, names)[1] is None, text
+    asks = [score_prompt(p, names) for p in PROMPTS]
+    tuned = answer_probs(hf_engine, asks, names, Adapter("ger-test", str(local)))
+    assert np.abs(tuned - answer_probs(hf_engine, asks, names)).max() > 1e-3, "the adapter moves the scores"
 
 
 # -- TSLRec ---------------------------------------------------------------------------------------

@@ -1,15 +1,14 @@
-"""GER's attribute scorer (guided embedding refinement): LoRA so the LLM's 1-10 attribute scores
-both stay well-formed and carry recommendation signal.
+"""GER's attribute scorer (guided embedding refinement): LoRA so the LLM's 1-9 attribute scores
+both keep their fixed form and carry recommendation signal.
 
 One example per user: the user's profile prompt (the same scoring request, over the user's
 `ger_history` most recent training items) and the item that came next. For both prompts the
-model reads the teacher's JSON answer (the base model's own schema-constrained scores, computed
-once per prompt and cached in the output directory), which gives
-- the format loss: next-token cross-entropy on the answer, so generation stays parseable;
-- the scores as a small embedding: at each score's position, the softmax over the tokens of the
-  values 1..10 gives an expected score (differentiable), one per attribute (with a tokenizer
-  that writes "10" as "1", "0", as SmolLM2's does, the first token cannot tell 10 from 1 and
-  counts as 1: an approximation at the top of the scale);
+model reads the teacher's answer (the base model's own greedy scores in llm.attributes' fixed
+form, computed once per prompt and cached in the output directory), which gives
+- the format loss: next-token cross-entropy on the answer, so the answer keeps its form;
+- the scores as a small embedding: at each value's position, the softmax over the value tokens
+  1..9 gives an expected score (differentiable), one per attribute: exactly what the embedding
+  job's scorer reads;
 - the recommendation loss: a linear head maps the user's expected scores to a query, which must
   pick the user's next item among the batch's next items by dot product (in-batch softmax).
 Loss = format + ger_rec_weight * recommendation. The head is published beside the adapter.
@@ -27,7 +26,8 @@ from catalog import item_prompt, user_sequences
 from catalog.prompts import clean_text
 from catalog.schemas import RESERVED_COLUMNS
 from cluster.config import Config, ModelConfig
-from llm.attributes import MAX_NEW_TOKENS, attributes_for, parse_scores, score_request, score_schema
+from llm.attributes import (SCALE, answer_probs, answer_tokens, attributes_for, most_likely_scores, score_request,
+                             value_tokens)
 from llm.finetune.lora import backbone, padded
 from llm.finetune.recipe import Batch, Job, Objective
 
@@ -43,31 +43,8 @@ def history_text(rows: list[dict], domain: str) -> str:
     return f"A {domain} customer's recent items, oldest first: " + "; ".join(names) + "."
 
 
-def answer_tokens(tokenizer, names: list[str], scores: list[int]) -> tuple[list[int], list[int]]:
-    """Token ids of json.dumps({name: score, ...}) + end of sequence, and the index of each score's
-    first token. Tokenized piece by piece so every score starts a token of its own."""
-    ids, positions = [], []
-    for j, (name, score) in enumerate(zip(names, scores)):
-        ids += tokenizer(("{" if j == 0 else ", ") + json.dumps(name) + ": ", add_special_tokens=False)["input_ids"]
-        positions.append(len(ids))
-        ids += tokenizer(str(int(score)), add_special_tokens=False)["input_ids"]
-    ids += tokenizer("}", add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return ids, positions
-
-
-def value_tokens(tokenizer) -> tuple[list[int], list[float]]:
-    """(token ids, score values) for the first token of "1".."10"; where two values share a first
-    token (a tokenizer that splits "10" into "1", "0"), the token counts as the smaller value."""
-    by_token: dict[int, float] = {}
-    for v in range(10, 0, -1):
-        by_token[tokenizer(str(v), add_special_tokens=False)["input_ids"][0]] = float(v)
-    return list(by_token), list(by_token.values())
-
-
 class TeacherScorer:
-    """A Ray actor holding one engine of the base model: its constrained answers are the teacher."""
+    """A Ray actor holding one engine of the base model: its greedy fixed-form answers are the teacher."""
 
     def __init__(self, model_cfg: ModelConfig, threads: int, names: list[str]):
         from llm.engines import build_engine
@@ -76,18 +53,7 @@ class TeacherScorer:
         self.names = names
 
     def score(self, prompts: list[str]) -> list[list[int]]:
-        schema = score_schema(self.names)
-        ids = [self.engine.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-        out = []
-        for x, text in zip(ids, self.engine.generate_ids(ids, MAX_NEW_TOKENS, None, json_schema=schema)):
-            scores, error = parse_scores(text, self.names)
-            if scores is None:  # out of tokens mid-answer: once more with room to finish
-                text = self.engine.generate_ids([x], 2 * MAX_NEW_TOKENS, None, json_schema=schema)[0]
-                scores, error = parse_scores(text, self.names)
-            if scores is None:
-                raise RuntimeError(f"the base model's constrained answer did not parse ({error}): {text[:120]!r}")
-            out.append([int(s) for s in scores])
-        return out
+        return most_likely_scores(answer_probs(self.engine, prompts, self.names)).tolist()
 
 
 def teacher_scores(job: Job, prompts: list[str], names: list[str], chunk: int = 16) -> dict[str, list[int]]:
@@ -184,11 +150,10 @@ class GER(Objective):
         targets = input_ids[rows, cols]
         format_loss = F.cross_entropy(logits, targets)
 
-        token_ids, values = value_tokens(tok)
         at = torch.tensor([[where[(r, t)] for t in ts] for r, ts in enumerate(score_at)], device=logits.device)
-        probs = logits[at][..., token_ids].softmax(-1)                          # [2B, A, values]
-        expected = probs @ torch.tensor(values, device=logits.device)            # [2B, A] in 1..10
-        embedded = (expected - 5.5) / 4.5                                         # in [-1, 1]
+        probs = logits[at][..., value_tokens(tok)].softmax(-1)                   # [2B, A, 9]
+        expected = probs @ torch.from_numpy(SCALE).to(logits.device)             # [2B, A] in 1..9
+        embedded = (expected - 5) / 4                                             # in [-1, 1]
         n = len(users)
         query = b.heads(embedded[:n])
         rec_loss = F.cross_entropy(query @ embedded[n:].T, torch.arange(n, device=logits.device))
