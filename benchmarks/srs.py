@@ -5,8 +5,8 @@
         --seeds 42 43 44 --set epochs=100 --set patience=10
 
 Data: catalog.load_catalog(DatasetConfig(name=...)), ranked over the k-core's items as jobs.train
-does. LLM sources read the committed embeddings run `--run` from `--store`; ger reads attribute
-scores from `--attributes` (a .npy [n_items, A] in the catalog's item order). Prints one line
+does. LLM sources read the committed embeddings run `--run` from `--store`; ger reads the attribute
+scores of the run `--attributes` (one embedded with `guidedrec embed --attributes`). Prints one line
 per seed and a mean ± std table, writes <out>/<name>.md, .csv and (with matplotlib) a plot of
 validation NDCG@10 per epoch; the last line is the one-line summary of the means.
 
@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+KEYWORDS = {"llm": "item_embeddings", "attributes": "attribute_scores"}  # SourceInputs field -> train_srs keyword
 REPORTED = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR", "tail/HR@10", "tail/NDCG@10")
 
 
@@ -40,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     p.add_argument("--store", default="./store", help="storage root holding embeddings/<run> (LLM sources)")
     p.add_argument("--run", default=None, help="embeddings run (default: <dataset>-smollm2-base, as jobs.embed names it)")
-    p.add_argument("--attributes", default=None, help=".npy attribute scores [n_items, A] for source ger")
+    p.add_argument("--attributes", default=None,
+                   help="embeddings run with attribute scores, for source ger (default: <dataset>-smollm2-base-attrs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="SRSConfig override, e.g. --set loss=ce --set epochs=50 (repeatable)")
     p.add_argument("--out", default="runs/srs-benchmarks", help="folder for the .md/.csv/.png results (runs/ is git-ignored)")
@@ -63,24 +65,25 @@ def load_data(args: argparse.Namespace) -> tuple[dict[str, list[str]], list[str]
 
 def source_inputs(args: argparse.Namespace, item_ids: list[str]) -> dict:
     """The keyword arguments of train_srs the source needs; exits with the reason when absent."""
-    import numpy as np
-
+    from cluster.config import SRSConfig
     from cluster.storage import Store, StorageError
-    from llm.runs import aligned_vectors
+    from llm.runs import aligned_attributes, aligned_vectors
+    from srs.fusion import required_inputs
 
+    store, name = Store(args.store), Path(args.dataset).name
+    readers = {"llm": (args.run or f"{name}-smollm2-base", aligned_vectors, "`guidedrec embed`"),
+               "attributes": (args.attributes or f"{name}-smollm2-base-attrs", aligned_attributes,
+                              "`guidedrec embed --attributes`")}
     kwargs: dict = {}
-    if args.source in ("llm-frozen", "llmemb", "tslrec"):
-        run = args.run or f"{Path(args.dataset).name}-smollm2-base"
-        store = Store(args.store)
+    for field in required_inputs(args.source, SRSConfig()):
+        if field not in readers:
+            continue  # the ID table: trained by the benchmark itself
+        run, read, job = readers[field]
         try:
-            kwargs["item_embeddings"] = aligned_vectors(store, run, item_ids)
-        except (StorageError, FileNotFoundError, OSError, KeyError) as e:
+            kwargs[KEYWORDS[field]] = read(store, run, item_ids)
+        except (StorageError, FileNotFoundError, OSError, KeyError, ValueError) as e:
             sys.exit(f"srs benchmark: source {args.source!r} needs the committed embeddings run {run!r} in "
-                     f"{store.full_uri('embeddings')}/ ({e}); run `guidedrec embed` first or pass --store/--run")
-    if args.source == "ger":
-        if not args.attributes:
-            sys.exit("srs benchmark: source 'ger' needs --attributes scores.npy ([n_items, A], catalog item order)")
-        kwargs["attribute_scores"] = np.load(args.attributes)
+                     f"{store.full_uri('embeddings')}/ ({e}); run {job} first or pass --store/--run/--attributes")
     return kwargs
 
 
@@ -109,8 +112,7 @@ def load_inputs(path: str, source: str) -> tuple[dict[str, list[str]], list[str]
     from cluster.config import SRSConfig
     from srs.fusion import required_inputs
 
-    saved_as = {"llm": "item_embeddings", "attributes": "attribute_scores"}   # train_srs's keyword names
-    needed = [saved_as[n] for n in required_inputs(source, SRSConfig()) if n in saved_as]
+    needed = [KEYWORDS[n] for n in required_inputs(source, SRSConfig()) if n in KEYWORDS]
     missing = [n for n in needed if n not in f.files]
     if missing:
         sys.exit(f"srs benchmark: --inputs {path} has no {missing} for source {source!r} (it holds {f.files})")

@@ -17,7 +17,7 @@ from jobs.index import run_index
 from jobs.ingest import publish_catalog
 from index import similar_items
 from jobs.query import format_neighbours
-from jobs.train import run_train
+from jobs.train import run_train, wants_attributes
 
 
 def run_pipeline(cfg: Config, examples: int = 3) -> dict:
@@ -29,6 +29,8 @@ def run_pipeline(cfg: Config, examples: int = 3) -> dict:
     _, cat = publish_catalog(cfg, store)
     stage("embed")
     summary = run_embed(cfg, store)
+    if wants_attributes(cfg):  # the ger source reads attribute scores from a run of their own
+        run_embed(cfg, store, attributes=True)
     stage("index")
     run_index(cfg, store)
     stage("train")

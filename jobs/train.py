@@ -2,9 +2,10 @@
 
     python -m jobs.train --config ray_config.yaml
 
-Reads the published catalog and the committed embeddings run from storage, trains SASRec once
-per source (id, llmemb, ...), evaluates on the held-out last item with full ranking, and writes
-the table to reports/<run>/metrics.json beside a popularity baseline.
+Reads the published catalog and the committed embeddings run from storage (ger: the run embedded
+with --attributes), trains SASRec once per source (id, llmemb, ...), evaluates on the held-out
+last item with full ranking, and writes the table to reports/<run>/metrics.json beside a
+popularity baseline.
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from catalog import user_sequences
 from cluster import Config, Store, init_ray, load_config, store_from_config
 from jobs.embed import run_name
 from jobs.ingest import catalog_dir
-from llm.runs import aligned_vectors
+from llm.runs import aligned_attributes, aligned_vectors
 from srs import popularity_metrics, train_srs
+from srs.fusion import required_inputs
 
 REPORT_METRICS = ["HR@10", "NDCG@10", "MRR", "tail/HR@10"]
 
@@ -39,8 +41,10 @@ def run_train(cfg: Config, store: Store | None = None) -> dict[str, dict[str, fl
     results: dict[str, dict[str, float]] = {"popularity": popularity_metrics(sequences)}
     id_items = None  # the ID model's item table: LLMEmb's alignment target, so it is not trained twice
     for source in sorted(cfg.srs.sources, key=lambda s: s != "id"):
-        vectors = aligned_vectors(store, run, item_ids) if source != "id" else None
-        result = train_srs(sequences, item_ids, cfg.srs, source, item_embeddings=vectors,
+        needs = required_inputs(source, cfg.srs)
+        vectors = aligned_vectors(store, run, item_ids) if "llm" in needs else None
+        scores = aligned_attributes(store, run_name(cfg, attributes=True), item_ids) if "attributes" in needs else None
+        result = train_srs(sequences, item_ids, cfg.srs, source, item_embeddings=vectors, attribute_scores=scores,
                            id_item_embeddings=id_items if source != "id" else None,
                            storage_path=store.path(f"ray-train/{run}"), storage_filesystem=store.fs)
         if source == "id":
@@ -50,6 +54,11 @@ def run_train(cfg: Config, store: Store | None = None) -> dict[str, dict[str, fl
     store.write_json(f"reports/{run}/metrics.json", results)
     print(format_table(results), flush=True)
     return results
+
+
+def wants_attributes(cfg: Config) -> bool:
+    """Whether a configured source reads GER attribute scores (from the run embedded with --attributes)."""
+    return any("attributes" in required_inputs(source, cfg.srs) for source in cfg.srs.sources)
 
 
 def publish_model(store: Store, rel: str, result, item_ids: list[str]) -> str:

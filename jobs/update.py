@@ -149,8 +149,9 @@ def live_run(cfg: Config, store: Store) -> str:
     return served if _UPDATE_SUFFIX.sub("", served) == configured else configured
 
 
-def _live_run(cfg: Config, store: Store) -> tuple[str, dict, str]:
-    """(run, its manifest, its catalog's domain) behind CURRENT; refuses what an update cannot extend."""
+def update_parent(cfg: Config, store: Store) -> tuple[str, dict, str]:
+    """The run an update extends: (run, its manifest, its catalog's domain) behind CURRENT; refuses
+    what an update cannot extend (unlike live_run, which only names the run to rebuild from)."""
     run = version_manifest(store, current_version(store))["run"]
     manifest = store.manifest(f"embeddings/{run}")
     if manifest.get("adapters") or manifest.get("attribute_names"):
@@ -171,7 +172,7 @@ def run_update(cfg: Config, catalog: Path | None, store: Store | None = None, de
     store = store or store_from_config(cfg)
     if catalog is None and not (delta and deleted):
         raise ValueError("nothing to update: give --catalog, or --delta with --delete")
-    parent, parent_manifest, domain = _live_run(cfg, store)
+    parent, parent_manifest, domain = update_parent(cfg, store)
     base = store.read_parquet(parent_manifest["catalog"]) if delta else None
     items, quarantine = load_items(Path(catalog) if catalog else None, base, list(deleted))
     old = store.read_parquet(f"embeddings/{parent}").select(embedding_schema(parent_manifest["dims"]).names)

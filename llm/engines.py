@@ -44,6 +44,17 @@ def truncate_text(tokenizer, text: str, limit: int) -> str:
     return text if len(ids) <= limit else tokenizer.decode(ids[:limit])
 
 
+def padded(ids: list[list[int]], pad_id: int, device, left: bool = False):
+    """Input ids and attention mask of one batch, padded on the right (or the left, where the
+    prompts' ends must line up: decoding appends there)."""
+    import torch
+
+    width = max(len(x) for x in ids)
+    rows = [([pad_id] * (width - len(x)) + x, [0] * (width - len(x)) + [1] * len(x)) if left else
+            (x + [pad_id] * (width - len(x)), [1] * len(x) + [0] * (width - len(x))) for x in ids]
+    return (torch.tensor([r[0] for r in rows], device=device), torch.tensor([r[1] for r in rows], device=device))
+
+
 def pick_engine(cfg: ModelConfig) -> str:
     if cfg.engine != "auto":
         return cfg.engine
@@ -129,23 +140,12 @@ class HFEngine(Engine):
         self.model.set_adapter(adapter.name)
         return self.model
 
-    def _padded(self, ids: list[list[int]], left: bool = False):
-        import torch
-
-        width = max(len(x) for x in ids)
-        pad = self.tokenizer.pad_token_id
-        rows = [([pad] * (width - len(x)) + x, [0] * (width - len(x)) + [1] * len(x)) if left else
-                (x + [pad] * (width - len(x)), [1] * len(x) + [0] * (width - len(x))) for x in ids]
-        input_ids = torch.tensor([r[0] for r in rows], device=self.device)
-        mask = torch.tensor([r[1] for r in rows], device=self.device)
-        return input_ids, mask
-
     def embed_ids(self, ids: list[list[int]], adapter: Adapter | None = None) -> np.ndarray:
         import torch
 
         if not ids:
             return np.zeros((0, self.hidden_size), np.float32)
-        input_ids, mask = self._padded(ids)
+        input_ids, mask = padded(ids, self.tokenizer.pad_token_id, self.device)
         model = self._with_adapter(adapter)
         with torch.inference_mode():
             out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
@@ -167,7 +167,8 @@ class HFEngine(Engine):
         with torch.inference_mode():
             for start in range(0, len(order), self.slot_batch):
                 rows = order[start:start + self.slot_batch]
-                input_ids, mask = self._padded([ids[i] + segments[0] for i in rows], left=True)
+                prompts = [ids[i] + segments[0] for i in rows]
+                input_ids, mask = padded(prompts, self.tokenizer.pad_token_id, self.device, left=True)
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
                 cache = None
                 for j, segment in enumerate(segments):

@@ -9,13 +9,13 @@ from cluster.storage import Store
 from llm.attributes import raw_scores
 
 
-def read_run(store: Store, run: str, adapter: str | None = None) -> tuple[list[str], np.ndarray, dict]:
-    """(item ids, [n, d] vectors, manifest) of embeddings/<run>, rows of one adapter (None: the run's
-    only one); refuses an uncommitted or malformed run."""
+def _committed_rows(store: Store, run: str, adapter: str | None, column: str) -> tuple[pa.Table, dict, str]:
+    """item_id and `column` of embeddings/<run>, rows of one adapter (None: the run's only one);
+    refuses an uncommitted run."""
     rel = f"embeddings/{run}"
     where = store.full_uri(rel)
     manifest = store.manifest(rel)  # StorageError unless committed
-    table = store.read_parquet(rel, columns=["item_id", "embedding", "adapter"])
+    table = store.read_parquet(rel, columns=["item_id", column, "adapter"])
     adapters = manifest.get("adapters") or []
     if adapter is None and len(adapters) > 1:
         raise ValueError(f"{where} holds adapters {adapters}: name one")
@@ -23,6 +23,12 @@ def read_run(store: Store, run: str, adapter: str | None = None) -> tuple[list[s
         raise ValueError(f"{where} has no adapter {adapter!r} (it holds {adapters or 'the base model only'})")
     if adapters:
         table = table.filter(pc.equal(table["adapter"], adapter or adapters[0]))
+    return table, manifest, where
+
+
+def read_run(store: Store, run: str, adapter: str | None = None) -> tuple[list[str], np.ndarray, dict]:
+    """(item ids, [n, d] vectors, manifest) of embeddings/<run>; refuses an uncommitted or malformed run."""
+    table, manifest, where = _committed_rows(store, run, adapter, "embedding")
     emb_type = table.schema.field("embedding").type
     if not pa.types.is_fixed_size_list(emb_type) or not pa.types.is_floating(emb_type.value_type):
         raise ValueError(f"{where}: embedding must be fixed_size_list<float>, got {emb_type}")
@@ -36,23 +42,31 @@ def read_run(store: Store, run: str, adapter: str | None = None) -> tuple[list[s
     return table.column("item_id").to_pylist(), vectors, manifest
 
 
-def aligned_vectors(store: Store, run: str, item_ids: list[str]) -> np.ndarray:
-    """Rows of the run reordered to `item_ids`; an item missing from the run is an error."""
-    ids, vectors, _ = read_run(store, run)
+def read_attributes(store: Store, run: str, adapter: str | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+    """(item ids, [n, A] z-scored GER attribute scores (NaN where an item has none), attribute names)."""
+    stats = store.manifest(f"embeddings/{run}").get("attributes")
+    if not stats:
+        raise ValueError(f"{store.full_uri(f'embeddings/{run}')} has no attribute scores: embed with --attributes")
+    table, _, _ = _committed_rows(store, run, adapter, "attributes")
+    raw = raw_scores(table["attributes"].to_pylist(), len(stats["names"]))
+    z = (raw - np.asarray(stats["mean"], np.float32)) / np.asarray(stats["std"], np.float32)
+    return table["item_id"].to_pylist(), z, stats["names"]
+
+
+def aligned(ids: list[str], rows: np.ndarray, item_ids: list[str], run: str) -> np.ndarray:
+    """`rows` (in `ids` order) reordered to `item_ids`; an item missing from the run is an error."""
     pos = {item: i for i, item in enumerate(ids)}
     missing = [i for i in item_ids if i not in pos]
     if missing:
         raise KeyError(f"embeddings run {run} lacks {len(missing)} catalog items, e.g. {missing[:3]}")
-    return vectors[[pos[i] for i in item_ids]]
+    return rows[[pos[i] for i in item_ids]]
 
 
-def read_attributes(store: Store, run: str) -> tuple[list[str], np.ndarray, list[str]]:
-    """(item ids, [n, A] z-scored GER attribute scores with NaN where scoring failed, attribute names)."""
-    rel = f"embeddings/{run}"
-    stats = store.manifest(rel).get("attributes")
-    if not stats:
-        raise ValueError(f"{store.full_uri(rel)} has no attribute scores: embed with --attributes")
-    table = store.read_parquet(rel, columns=["item_id", "attributes"])
-    raw = raw_scores(table["attributes"].to_pylist(), len(stats["names"]))
-    z = (raw - np.asarray(stats["mean"], np.float32)) / np.asarray(stats["std"], np.float32)
-    return table["item_id"].to_pylist(), z, stats["names"]
+def aligned_vectors(store: Store, run: str, item_ids: list[str]) -> np.ndarray:
+    ids, vectors, _ = read_run(store, run)
+    return aligned(ids, vectors, item_ids, run)
+
+
+def aligned_attributes(store: Store, run: str, item_ids: list[str]) -> np.ndarray:
+    ids, z, _ = read_attributes(store, run)
+    return aligned(ids, z, item_ids, run)

@@ -153,7 +153,9 @@ def test_bad_catalog_rows_are_quarantined_and_long_text_truncated(ray_local, tmp
 
 @pytest.mark.slow
 def test_attribute_scores_are_stored_beside_embeddings(ray_local, tmp_path):
-    from llm.runs import read_attributes
+    from jobs.embed import run_name
+    from jobs.train import run_train
+    from llm.runs import aligned_attributes, read_attributes
 
     names = ["durability", "price level", "ease of use"]
     cfg = _config(tmp_path, **{"dataset.synthetic_items": 24, "embed.attributes": names, "dataset.min_interactions": 1})
@@ -167,3 +169,11 @@ def test_attribute_scores_are_stored_beside_embeddings(ray_local, tmp_path):
     assert scores.std(axis=0).min() > 0, "items get different scores"
     ids, z, got_names = read_attributes(Store(str(tmp_path)), summary["run"])
     assert got_names == names and z.shape == (summary["rows"], 3) and len(ids) == summary["rows"]
+    assert np.allclose(aligned_attributes(Store(str(tmp_path)), summary["run"], ids[::-1]), z[::-1])
+    with pytest.raises(KeyError, match="lacks 1 catalog items"):
+        aligned_attributes(Store(str(tmp_path)), summary["run"], ["no-such-item"])
+    # The SRS job trains the ger source over this run's scores (and publishes its model).
+    cfg = cfg.model_copy(update={"srs": cfg.srs.model_copy(update={"sources": ["id", "ger"], "epochs": 2})})
+    metrics = run_train(cfg)
+    assert set(metrics) == {"popularity", "id", "ger"} and 0 <= metrics["ger"]["HR@10"] <= 1
+    assert Store(str(tmp_path)).is_committed(f"models/{run_name(cfg)}/ger")

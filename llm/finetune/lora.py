@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from cluster.config import FinetuneConfig, ModelConfig
 from llm.checkpoints import resolve_model_path
+from llm.engines import padded
 
 
 class FinetuneError(ValueError):
@@ -59,16 +60,6 @@ def lora_model(model_cfg: ModelConfig, ft: FinetuneConfig, device):
 def tokenize(tokenizer, prompts: list[str], limit: int) -> list[list[int]]:
     """Token ids cut to `limit`, as Engine.tokenize does for the embedding job."""
     return [x[:limit] for x in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
-
-
-def padded(ids: list[list[int]], pad_id: int, device):
-    """Right-padded input ids and attention mask."""
-    import torch
-
-    width = max(len(x) for x in ids)
-    input_ids = torch.tensor([x + [pad_id] * (width - len(x)) for x in ids], device=device)
-    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
-    return input_ids, mask
 
 
 def backbone(model):
