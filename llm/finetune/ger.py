@@ -66,7 +66,8 @@ def teacher_scores(job: Job, prompts: list[str], names: list[str], chunk: int = 
     from cluster.runtime import has_gpu
 
     key = lambda p: hashlib.sha256(p.encode()).hexdigest()  # noqa: E731
-    identity = json.dumps({"model": job.cfg.model.path, "names": names})  # a cache of another teacher is ignored
+    # A cache of another teacher (model, attributes, answer scale) is ignored.
+    identity = json.dumps({"model": job.cfg.model.path, "names": names, "scale": SCALE.tolist()})
     cache: dict[str, list[int]] = {}
     if job.out.exists(TEACHER_CACHE):
         table = job.out.read_parquet(TEACHER_CACHE)
