@@ -29,6 +29,7 @@ DEFAULT_ATTRIBUTES: dict[str, list[str]] = {
 DEFAULT_ATTRIBUTES["scientific"] = DEFAULT_ATTRIBUTES["product"]
 
 SCALE = np.arange(1, 10, dtype=np.float32)  # the values 1..9, one token each
+MIN_STD = 1e-3  # on that scale: an attribute that varies less over the catalog carries no signal
 
 
 def attributes_for(domain: str, configured: list[str] | None = None) -> list[str]:
@@ -105,9 +106,16 @@ def raw_scores(rows: list, width: int) -> np.ndarray:
     return np.array([r if r is not None else [np.nan] * width for r in rows], dtype=np.float32).reshape(-1, width)
 
 
+def zscore(raw: np.ndarray, mean, std) -> np.ndarray:
+    """Per-attribute z-scores; an attribute whose std is below MIN_STD is 0 for every item (dividing
+    by it would only blow rounding noise up to unit variance). NaN rows stay NaN."""
+    std = np.asarray(std, np.float32)
+    z = (raw - np.asarray(mean, np.float32)) / np.where(std >= MIN_STD, std, 1.0)
+    return np.where(std >= MIN_STD, z, z * 0).astype(np.float32)
+
+
 def normalize(raw: np.ndarray) -> tuple[np.ndarray, list[float], list[float]]:
-    """Z-score per attribute over the rows that have scores (NaN rows stay NaN)."""
+    """Z-score per attribute over the rows that have scores (NaN rows stay NaN), with the mean and std."""
     mean = np.nanmean(raw, axis=0)
     std = np.nanstd(raw, axis=0)
-    std = np.where(std > 0, std, 1.0)
-    return ((raw - mean) / std).astype(np.float32), mean.tolist(), std.tolist()
+    return zscore(raw, mean, std), mean.tolist(), std.tolist()

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cluster.storage import Store
-from llm.attributes import raw_scores
+from llm.attributes import raw_scores, zscore
 
 
 def _committed_rows(store: Store, run: str, adapter: str | None, column: str) -> tuple[pa.Table, dict, str]:
@@ -49,8 +49,7 @@ def read_attributes(store: Store, run: str, adapter: str | None = None) -> tuple
         raise ValueError(f"{store.full_uri(f'embeddings/{run}')} has no attribute scores: embed with --attributes")
     table, _, _ = _committed_rows(store, run, adapter, "attributes")
     raw = raw_scores(table["attributes"].to_pylist(), len(stats["names"]))
-    z = (raw - np.asarray(stats["mean"], np.float32)) / np.asarray(stats["std"], np.float32)
-    return table["item_id"].to_pylist(), z, stats["names"]
+    return table["item_id"].to_pylist(), zscore(raw, stats["mean"], stats["std"]), stats["names"]
 
 
 def aligned(ids: list[str], rows: np.ndarray, item_ids: list[str], run: str) -> np.ndarray:
