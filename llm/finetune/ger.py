@@ -2,10 +2,14 @@
 both keep their fixed form and carry recommendation signal.
 
 One example per user: the user's profile prompt (the same scoring request, over the user's
-`ger_history` most recent training items) and the item that came next. For both prompts the
-model reads the teacher's answer (the base model's own greedy scores in llm.attributes' fixed
-form, computed once per prompt and cached in the output directory), which gives
-- the format loss: next-token cross-entropy on the answer, so the answer keeps its form;
+`ger_history` most recent training items) and the item that came next. The teacher is the base
+model reading llm.attributes' fixed-form answer: its distribution over the values 1..9 at each
+value position (computed once per prompt, cached in the output directory). For both prompts the
+model reads the teacher's greedy answer, which gives
+- the format loss: next-token cross-entropy on the answer's fixed text and, at each value, against
+  the teacher's whole distribution (soft targets). Hard targets, the teacher's most likely value,
+  made the model certain of it: SmolLM2's base answer is "1" for 99.8% of ml-100k's values, so the
+  tuned scorer answered 1.0 for everything and the recommendation loss sat at chance;
 - the scores as a small embedding: at each value's position, the softmax over the value tokens
   1..9 gives an expected score (differentiable), one per attribute: exactly what the embedding
   job's scorer reads;
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
@@ -45,7 +50,7 @@ def history_text(rows: list[dict], domain: str) -> str:
 
 
 class TeacherScorer:
-    """A Ray actor holding one engine of the base model: its greedy fixed-form answers are the teacher."""
+    """A Ray actor holding one engine of the base model: its value distributions are the teacher."""
 
     def __init__(self, model_cfg: ModelConfig, threads: int, names: list[str]):
         from llm.engines import build_engine
@@ -53,12 +58,12 @@ class TeacherScorer:
         self.engine = build_engine(model_cfg, threads)
         self.names = names
 
-    def score(self, prompts: list[str]) -> list[list[int]]:
-        return most_likely_scores(answer_probs(self.engine, prompts, self.names)).tolist()
+    def score(self, prompts: list[str]) -> list[list[list[float]]]:
+        return answer_probs(self.engine, prompts, self.names).tolist()
 
 
-def teacher_scores(job: Job, prompts: list[str], names: list[str], chunk: int = 16) -> dict[str, list[int]]:
-    """Scores per prompt hash: read from the output directory's cache, the missing ones computed by a
+def teacher_probs(job: Job, prompts: list[str], names: list[str], chunk: int = 16) -> dict[str, list]:
+    """[A, 9] value distributions per prompt hash: read from the output directory's cache, the missing ones computed by a
     TeacherScorer actor (GPU when there is one) and added to the cache after every chunk."""
     import ray
     from tqdm import tqdm
@@ -67,12 +72,12 @@ def teacher_scores(job: Job, prompts: list[str], names: list[str], chunk: int = 
 
     key = lambda p: hashlib.sha256(p.encode()).hexdigest()  # noqa: E731
     # A cache of another teacher (model, attributes, answer scale) is ignored.
-    identity = json.dumps({"model": job.cfg.model.path, "names": names, "scale": SCALE.tolist()})
+    identity = json.dumps({"model": job.cfg.model.path, "names": names, "scale": SCALE.tolist(), "kind": "probs"})
     cache: dict[str, list[int]] = {}
     if job.out.exists(TEACHER_CACHE):
         table = job.out.read_parquet(TEACHER_CACHE)
         if (table.schema.metadata or {}).get(b"teacher", b"").decode() == identity:
-            cache = dict(zip(table["key"].to_pylist(), table["scores"].to_pylist()))
+            cache = dict(zip(table["key"].to_pylist(), table["probs"].to_pylist()))
     todo = sorted({p for p in prompts if key(p) not in cache})
     if todo:
         resources = {"num_gpus": 1} if has_gpu() else {"num_cpus": 1}
@@ -81,7 +86,7 @@ def teacher_scores(job: Job, prompts: list[str], names: list[str], chunk: int = 
             for start in range(0, len(todo), chunk):
                 part = todo[start:start + chunk]
                 cache.update(zip(map(key, part), ray.get(actor.score.remote(part))))
-                table = pa.table({"key": list(cache), "scores": list(cache.values())})
+                table = pa.table({"key": list(cache), "probs": list(cache.values())})
                 job.out.write_parquet(TEACHER_CACHE, table.replace_schema_metadata({"teacher": identity}))
                 bar.update(len(part))
         ray.kill(actor)
@@ -124,7 +129,7 @@ class GER(Objective):
 
         prompts = {i: (ask(history_text([rows[h] for h in examples[i][0]], cat.domain)),
                        ask(item_prompt(rows[examples[i][1]], cat.domain))) for i in needed}
-        teacher = teacher_scores(job, [p for pair in prompts.values() for p in pair], names)
+        teacher = teacher_probs(job, [p for pair in prompts.values() for p in pair], names)
         return {"names": names, "n_examples": len(examples),
                 "examples": {i: (u, teacher[u], v, teacher[v]) for i, (u, v) in prompts.items()}}
 
@@ -135,13 +140,14 @@ class GER(Objective):
         names, tok = b.data["names"], b.tokenizer
         users = [b.data["examples"][i][:2] for i in b.examples]
         items = [b.data["examples"][i][2:] for i in b.examples]
-        seqs, starts, score_at = [], [], []
-        for prompt, scores in users + items:
+        seqs, starts, score_at, teacher = [], [], [], []
+        for prompt, dists in users + items:
             prompt_ids = tok(prompt, add_special_tokens=True)["input_ids"]
-            answer, positions = answer_tokens(tok, names, scores)
+            answer, positions = answer_tokens(tok, names, most_likely_scores(np.asarray(dists)))
             seqs.append(prompt_ids + answer)
             starts.append(len(prompt_ids))
             score_at.append([len(prompt_ids) + p for p in positions])
+            teacher.append(dists)
         input_ids, mask = padded(seqs, tok.pad_token_id, b.device)
         hidden = backbone(b.model)(input_ids=input_ids, attention_mask=mask).last_hidden_state
         # Logits only where the answer is predicted: position t - 1 predicts token t.
@@ -149,11 +155,14 @@ class GER(Objective):
         cols = [t for r, s in enumerate(seqs) for t in range(starts[r], len(s))]
         where = {(r, t): m for m, (r, t) in enumerate(zip(rows, cols))}
         logits = b.model.get_output_embeddings()(hidden[rows, [t - 1 for t in cols]]).float()
-        targets = input_ids[rows, cols]
-        format_loss = F.cross_entropy(logits, targets)
-
+        log_probs = logits.log_softmax(-1)
+        token_loss = -log_probs.gather(1, input_ids[rows, cols][:, None]).squeeze(1)
         at = torch.tensor([[where[(r, t)] for t in ts] for r, ts in enumerate(score_at)], device=logits.device)
-        probs = logits[at][..., value_tokens(tok)].softmax(-1)                   # [2B, A, 9]
+        values = value_tokens(tok)
+        soft = -(torch.tensor(teacher, device=logits.device) * log_probs[at][..., values]).sum(-1)  # [2B, A]
+        format_loss = token_loss.index_put((at.flatten(),), soft.flatten()).mean()
+
+        probs = logits[at][..., values].softmax(-1)                               # [2B, A, 9]
         expected = probs @ torch.from_numpy(SCALE).to(logits.device)             # [2B, A] in 1..9
         embedded = (expected - 5) / 4                                             # in [-1, 1]
         n = len(users)
