@@ -152,9 +152,9 @@ def zscore(x: np.ndarray) -> np.ndarray:
 
 class GuidedEmbedding(ItemEmbedding):
     """GER's refined item embedding e^r = [e^g, e^b] (guided embedding refinement): e^g the
-    item's A attribute scores, z-scored over the catalog and FROZEN, beside a trainable ID
-    embedding e^b of d - A dims, so the total matches a d-dim base-only model (paper: 12 + 48
-    versus 60). GER's trainable user-side guided embedding has no place in these backbones,
+    item's A attribute scores, z-scored over the catalog and FROZEN (the model learns one weight
+    per attribute, shared by all items), beside a trainable ID embedding e^b of d - A dims, so
+    the total matches a d-dim base-only model (paper: 12 + 48 versus 60). GER's trainable user-side guided embedding has no place in these backbones,
     whose user vector is the sequence encoder's output."""
 
     def __init__(self, attributes: np.ndarray, dim: int):
@@ -163,10 +163,14 @@ class GuidedEmbedding(ItemEmbedding):
             raise ValueError(f"ger needs fewer attribute scores ({n_attr}) than hidden_size ({dim})")
         super().__init__(n_items, dim)
         self.register_buffer("guided", torch.from_numpy(zscore(attributes)))
+        # One trainable weight per attribute (not per item), starting at the ID table's init scale:
+        # unit-variance scores beside N(0, 0.02) ID vectors swamped the dot products (ml-100k SASRec
+        # HR@10 0.077 vs 0.190 for ID-only; 0.140 with all-zero scores).
+        self.attribute_weight = nn.Parameter(torch.full((n_attr,), 0.02))
         self.base = IDEmbedding(n_items, dim - n_attr)
 
     def table(self) -> torch.Tensor:
-        return torch.cat([with_padding_row(self.guided), self.base.table()], dim=1)
+        return torch.cat([with_padding_row(self.guided * self.attribute_weight), self.base.table()], dim=1)
 
 
 def squared_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
