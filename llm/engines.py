@@ -2,7 +2,8 @@
 
 Both tokenize with the same Hugging Face tokenizer and the same truncation, and both embed
 with mean pooling of the last hidden state over the prompt tokens (LLMEmb), so a catalog
-embedded by either engine gives the same vectors (the contract tests hold them to that).
+embedded by either engine gives the same vectors, and both read the GER attribute scores off
+the same fixed-form answer (the contract tests hold them to that).
 vLLM is the default on GPUs (batching, paged attention); on a small CPU the transformers
 engine is faster and loads in seconds, so `engine: auto` picks by hardware.
 """
@@ -126,8 +127,8 @@ class HFEngine(Engine):
 
     def _with_adapter(self, adapter: Adapter | None):
         """The model to run: the base model, or a copy of it with `adapter` merged into its weights,
-        made on first use. peft's unmerged LoRA layers made scoring 4.5x slower on CPU; the price
-        is one copy of the weights per adapter (this engine serves small models; vLLM big ones)."""
+        made on first use. peft's unmerged LoRA layers cost about 1.7x per forward pass on CPU; the
+        price is one copy of the weights per adapter (this engine serves small models; vLLM big ones)."""
         if adapter is None:
             return self.model
         if adapter.name not in self._merged:
