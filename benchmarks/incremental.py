@@ -38,7 +38,8 @@ def write_stand_in_run(cfg, store, catalog_rel: str) -> str:
     """The base run: the catalog's ids and hashes with clustered stand-in vectors, in block-sized parts."""
     import pyarrow as pa
 
-    from jobs.embed import commit_run, run_name
+    from jobs.embed import commit_run
+    from llm.runs import run_name
     from llm.stages import embedding_schema, part_name
 
     started = time.time()

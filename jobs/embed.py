@@ -20,12 +20,8 @@ from jobs.ingest import catalog_dir, publish_catalog
 from llm.engines import pick_engine
 from llm.adapters import check_adapter
 from llm.attributes import attributes_for, normalize, raw_scores
+from llm.runs import run_name
 from llm.stages import BlockEmbedder, count_blocks, part_name
-
-
-def run_name(cfg: Config, adapters: dict[str, str] | None = None, attributes: bool = False) -> str:
-    tag = ("+".join(sorted(adapters)) if adapters else "base") + ("-attrs" if attributes else "")
-    return cfg.embed.run or f"{Path(cfg.dataset.name).name}-{Path(cfg.model.path).name}-{tag}"
 
 
 def _actor_resources(cfg: Config) -> dict:

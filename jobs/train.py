@@ -18,9 +18,8 @@ import typer
 
 from catalog import user_sequences
 from cluster import Config, Store, init_ray, load_config, store_from_config
-from jobs.embed import run_name
 from jobs.ingest import catalog_dir
-from llm.runs import aligned_attributes, aligned_vectors
+from llm.runs import aligned_attributes, aligned_vectors, run_name
 from srs import popularity_metrics, train_srs
 from srs.fusion import required_inputs
 

@@ -28,7 +28,8 @@ from catalog.generic import data_file
 from catalog.readers import read_records
 from cluster import Config, Store, load_config, store_from_config
 from index import NoIndexError, current_version, update_from_run, version_manifest
-from jobs.embed import commit_run, embed_items, run_name
+from jobs.embed import commit_run, embed_items
+from llm.runs import run_name
 from llm.stages import embedding_schema
 
 COPY_PART = "unchanged.parquet"   # beside embed_items' part-NNNNNN.parquet files

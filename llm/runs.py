@@ -1,12 +1,22 @@
-"""Read a committed embeddings run back: ids and a float32 matrix, in the run's row order."""
+"""Embeddings runs: their names, and reading a committed one back (ids and a float32 matrix, in the
+run's row order)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cluster.config import Config
 from cluster.storage import Store
 from llm.attributes import raw_scores, zscore
+
+
+def run_name(cfg: Config, adapters: dict[str, str] | None = None, attributes: bool = False) -> str:
+    """embed.run, or <dataset>-<model>-<adapters or base>[-attrs]: the one place the scheme lives."""
+    tag = ("+".join(sorted(adapters)) if adapters else "base") + ("-attrs" if attributes else "")
+    return cfg.embed.run or f"{Path(cfg.dataset.name).name}-{Path(cfg.model.path).name}-{tag}"
 
 
 def _committed_rows(store: Store, run: str, adapter: str | None, column: str) -> tuple[pa.Table, dict, str]:
@@ -43,11 +53,13 @@ def read_run(store: Store, run: str, adapter: str | None = None) -> tuple[list[s
 
 
 def read_attributes(store: Store, run: str, adapter: str | None = None) -> tuple[list[str], np.ndarray, list[str]]:
-    """(item ids, [n, A] z-scored GER attribute scores (NaN where an item has none), attribute names)."""
+    """(item ids, [n, A] z-scored GER attribute scores, attribute names); refuses items without scores."""
     stats = store.manifest(f"embeddings/{run}").get("attributes")
     if not stats:
         raise ValueError(f"{store.full_uri(f'embeddings/{run}')} has no attribute scores: embed with --attributes")
-    table, _, _ = _committed_rows(store, run, adapter, "attributes")
+    table, _, where = _committed_rows(store, run, adapter, "attributes")
+    if table.column("attributes").null_count:
+        raise ValueError(f"{where}: {table.column('attributes').null_count} items have no attribute scores")
     raw = raw_scores(table["attributes"].to_pylist(), len(stats["names"]))
     return table["item_id"].to_pylist(), zscore(raw, stats["mean"], stats["std"]), stats["names"]
 

@@ -153,7 +153,7 @@ def test_bad_catalog_rows_are_quarantined_and_long_text_truncated(ray_local, tmp
 
 @pytest.mark.slow
 def test_attribute_scores_are_stored_beside_embeddings(ray_local, tmp_path):
-    from jobs.embed import run_name
+    from llm.runs import run_name
     from jobs.train import run_train
     from llm.runs import aligned_attributes, read_attributes
 

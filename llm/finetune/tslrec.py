@@ -28,6 +28,7 @@ from catalog import user_sequences
 from cluster.config import Config
 from llm.finetune.lora import backbone
 from llm.finetune.recipe import Batch, Job, Objective
+from llm.runs import run_name
 from llm.stages import embedding_schema
 
 ID_TABLE = "tslrec_id_items.safetensors"
@@ -44,7 +45,7 @@ def _published_id_table(job: Job, item_ids: list[str]) -> np.ndarray | None:
     from index.recommender import Recommender, find_model
     from srs.models import SASRec
 
-    run = f"{Path(job.cfg.dataset.name).name}-{Path(job.cfg.model.path).name}-base"  # jobs.embed.run_name's default
+    run = run_name(job.cfg)  # where `guidedrec train` publishes
     try:
         rel = find_model(job.store, run, "id")
         rec = Recommender.load(job.store, rel)
