@@ -102,20 +102,19 @@ def most_likely_scores(probs: np.ndarray) -> np.ndarray:
 
 
 def raw_scores(rows: list, width: int) -> np.ndarray:
-    """[n, width] float32 from a column of score lists, NaN where an item has none."""
-    return np.array([r if r is not None else [np.nan] * width for r in rows], dtype=np.float32).reshape(-1, width)
+    """[n, width] float32 from a column of score lists."""
+    return np.asarray(rows, dtype=np.float32).reshape(-1, width)
 
 
 def zscore(raw: np.ndarray, mean, std) -> np.ndarray:
     """Per-attribute z-scores; an attribute whose std is below MIN_STD is 0 for every item (dividing
-    by it would only blow rounding noise up to unit variance). NaN rows stay NaN."""
+    by it would only blow rounding noise up to unit variance)."""
     std = np.asarray(std, np.float32)
     z = (raw - np.asarray(mean, np.float32)) / np.where(std >= MIN_STD, std, 1.0)
-    return np.where(std >= MIN_STD, z, z * 0).astype(np.float32)
+    return np.where(std >= MIN_STD, z, 0.0).astype(np.float32)
 
 
 def normalize(raw: np.ndarray) -> tuple[np.ndarray, list[float], list[float]]:
-    """Z-score per attribute over the rows that have scores (NaN rows stay NaN), with the mean and std."""
-    mean = np.nanmean(raw, axis=0)
-    std = np.nanstd(raw, axis=0)
+    """Z-score per attribute, with the mean and std."""
+    mean, std = raw.mean(axis=0), raw.std(axis=0)
     return zscore(raw, mean, std), mean.tolist(), std.tolist()
