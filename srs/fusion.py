@@ -144,25 +144,20 @@ class LLMEmbAdapter(ItemEmbedding):
         return self.alpha * info_nce(self.adapter(self.reduced[rows]), self.id_table[rows], self.gamma)
 
 
-def zscore(x: np.ndarray) -> np.ndarray:
-    """Per-column z-score over the catalog (a constant column becomes 0)."""
-    std = x.std(axis=0)
-    return ((x - x.mean(axis=0)) / np.where(std > 0, std, 1)).astype(np.float32)
-
-
 class GuidedEmbedding(ItemEmbedding):
-    """GER's refined item embedding e^r = [e^g, e^b] (guided embedding refinement): e^g the
-    item's A attribute scores, z-scored over the catalog and FROZEN (the model learns one weight
-    per attribute, shared by all items), beside a trainable ID embedding e^b of d - A dims, so
-    the total matches a d-dim base-only model (paper: 12 + 48 versus 60). GER's trainable user-side guided embedding has no place in these backbones,
-    whose user vector is the sequence encoder's output."""
+    """GER's refined item embedding e^r = [e^g, e^b] (guided embedding refinement): e^g the item's
+    A attribute scores, z-scored over the catalog (llm.runs.read_attributes does so with the run's
+    statistics) and FROZEN (the model learns one weight per attribute, shared by all items), beside
+    a trainable ID embedding e^b of d - A dims, so the total matches a d-dim base-only model
+    (paper: 12 + 48 versus 60). GER's trainable user-side guided embedding has no place in these
+    backbones, whose user vector is the sequence encoder's output."""
 
     def __init__(self, attributes: np.ndarray, dim: int):
         n_items, n_attr = attributes.shape
         if n_attr >= dim:
             raise ValueError(f"ger needs fewer attribute scores ({n_attr}) than hidden_size ({dim})")
         super().__init__(n_items, dim)
-        self.register_buffer("guided", torch.from_numpy(zscore(attributes)))
+        self.register_buffer("guided", torch.from_numpy(np.asarray(attributes, np.float32)))
         # One trainable weight per attribute (not per item), starting at the ID table's init scale:
         # unit-variance scores beside N(0, 0.02) ID vectors swamped the dot products (ml-100k SASRec
         # HR@10 0.077 vs 0.190 for ID-only; 0.140 with all-zero scores).
