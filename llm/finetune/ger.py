@@ -130,25 +130,26 @@ class GER(Objective):
         prompts = {i: (ask(history_text([rows[h] for h in examples[i][0]], cat.domain)),
                        ask(item_prompt(rows[examples[i][1]], cat.domain))) for i in needed}
         teacher = teacher_probs(job, [p for pair in prompts.values() for p in pair], names)
+
+        def answered(prompt: str) -> tuple[list[int], int, list[int], list]:
+            """(prompt + the teacher's greedy answer as token ids, where the answer starts, each value's
+            position, the teacher's value distributions): what every step that reads the prompt needs."""
+            prompt_ids = job.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            answer, positions = answer_tokens(job.tokenizer, names, most_likely_scores(np.asarray(teacher[prompt])))
+            return prompt_ids + answer, len(prompt_ids), [len(prompt_ids) + p for p in positions], teacher[prompt]
+
         return {"names": names, "n_examples": len(examples),
-                "examples": {i: (u, teacher[u], v, teacher[v]) for i, (u, v) in prompts.items()}}
+                "examples": {i: (answered(u), answered(v)) for i, (u, v) in prompts.items()}}
 
     def heads(self, hidden_size: int, data: dict, cfg: Config) -> RecHead:
         return RecHead(len(data["names"]))
 
     def loss(self, b: Batch) -> torch.Tensor:
-        names, tok = b.data["names"], b.tokenizer
-        users = [b.data["examples"][i][:2] for i in b.examples]
-        items = [b.data["examples"][i][2:] for i in b.examples]
-        seqs, starts, score_at, teacher = [], [], [], []
-        for prompt, dists in users + items:
-            prompt_ids = tok(prompt, add_special_tokens=True)["input_ids"]
-            answer, positions = answer_tokens(tok, names, most_likely_scores(np.asarray(dists)))
-            seqs.append(prompt_ids + answer)
-            starts.append(len(prompt_ids))
-            score_at.append([len(prompt_ids) + p for p in positions])
-            teacher.append(dists)
-        input_ids, mask = padded(seqs, tok.pad_token_id, b.device)
+        tok = b.tokenizer
+        users = [b.data["examples"][i][0] for i in b.examples]
+        items = [b.data["examples"][i][1] for i in b.examples]
+        seqs, starts, score_at, teacher = zip(*(users + items))
+        input_ids, mask = padded(list(seqs), tok.pad_token_id, b.device)
         hidden = backbone(b.model)(input_ids=input_ids, attention_mask=mask).last_hidden_state
         # Logits only where the answer is predicted: position t - 1 predicts token t.
         rows = [r for r, s in enumerate(seqs) for _ in range(starts[r], len(s))]
