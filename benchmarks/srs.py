@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run", default=None, help="embeddings run (default: <dataset>-smollm2-base, as jobs.embed names it)")
     p.add_argument("--attributes", default=None,
                    help="embeddings run with attribute scores, for source ger (default: <dataset>-smollm2-base-attrs)")
+    p.add_argument("--control", default=None, choices=["zero", "shuffle"],
+                   help="ger ablation: all-zero attribute scores, or the items' scores shuffled among them (seed: --seeds[0])")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="SRSConfig override, e.g. --set loss=ce --set epochs=50 (repeatable)")
     p.add_argument("--out", default="runs/srs-benchmarks", help="folder for the .md/.csv/.png results (runs/ is git-ignored)")
@@ -65,14 +67,14 @@ def load_data(args: argparse.Namespace) -> tuple[dict[str, list[str]], list[str]
 
 def source_inputs(args: argparse.Namespace, item_ids: list[str]) -> dict:
     """The keyword arguments of train_srs the source needs; exits with the reason when absent."""
-    from cluster.config import SRSConfig
+    from cluster.config import Config, DatasetConfig, SRSConfig
     from cluster.storage import Store, StorageError
-    from llm.runs import aligned_attributes, aligned_vectors
+    from llm.runs import aligned_attributes, aligned_vectors, run_name
     from srs.fusion import required_inputs
 
-    store, name = Store(args.store), Path(args.dataset).name
-    readers = {"llm": (args.run or f"{name}-smollm2-base", aligned_vectors, "`guidedrec embed`"),
-               "attributes": (args.attributes or f"{name}-smollm2-base-attrs", aligned_attributes,
+    store, cfg = Store(args.store), Config(dataset=DatasetConfig(name=args.dataset))
+    readers = {"llm": (args.run or run_name(cfg), aligned_vectors, "`guidedrec embed`"),
+               "attributes": (args.attributes or run_name(cfg, attributes=True), aligned_attributes,
                               "`guidedrec embed --attributes`")}
     kwargs: dict = {}
     for field in required_inputs(args.source, SRSConfig()):
@@ -117,6 +119,19 @@ def load_inputs(path: str, source: str) -> tuple[dict[str, list[str]], list[str]
     if missing:
         sys.exit(f"srs benchmark: --inputs {path} has no {missing} for source {source!r} (it holds {f.files})")
     return sequences, item_ids, {n: f[n].astype(np.float32) for n in needed}
+
+
+def ablated(kwargs: dict, control: str, seed: int) -> dict:
+    """ger's controls: the same split table with no attribute signal ("zero"), or with each item's
+    scores given to a random other item ("shuffle": the same values, no information about the item)."""
+    import numpy as np
+
+    scores = kwargs[KEYWORDS["attributes"]]
+    if control == "zero":
+        scores = np.zeros_like(scores)
+    else:
+        scores = scores[np.random.default_rng(seed).permutation(len(scores))]
+    return {**kwargs, KEYWORDS["attributes"]: scores}
 
 
 def config(args: argparse.Namespace, seed: int):
@@ -174,7 +189,11 @@ def main(argv: list[str] | None = None) -> None:
         save_inputs(args.save_inputs, sequences, item_ids, kwargs)
         print(f"srs benchmark: inputs of {args.dataset}/{args.source} -> {args.save_inputs}", flush=True)
         return
-    name = f"{args.dataset}-{args.model}-{args.source}-{args.ranking}"
+    if args.control:
+        if KEYWORDS["attributes"] not in kwargs:
+            sys.exit(f"srs benchmark: --control ablates attribute scores; source {args.source!r} reads none")
+        kwargs = ablated(kwargs, args.control, args.seeds[0])
+    name = f"{args.dataset}-{args.model}-{args.source}-{args.ranking}" + (f"-{args.control}" if args.control else "")
     n_interactions = sum(len(s) for s in sequences.values())
     print(f"{args.dataset}: {len(sequences)} users, {len(item_ids)} items, {n_interactions} interactions", flush=True)
     pop = popularity_metrics(sequences, item_ids, ranking=args.ranking)

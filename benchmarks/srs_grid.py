@@ -7,7 +7,8 @@ skipped), e.g. `--inputs beauty-base.npz --model sasrec --source llmemb --seeds 
 Lines start in plan order, `--parallel` at a time; at `--deadline-s` the runs still going are
 stopped and left out (listed). Every run writes its own folder under --out; the table groups the
 runs by their arguments less --seeds and gives mean and std over the seeds present:
-<out>/grid.md and <out>/grid.csv (one row per run and seed). The last line reads
+<out>/grid.md and <out>/grid.csv (one row per run and seed). A run that finished in an earlier
+grid with the same --out and the same arguments is kept, not run again. The last line reads
 `srs_grid: runs=<finished>/<planned> seconds=<s>`.
 """
 from __future__ import annotations
@@ -48,6 +49,21 @@ def label(args: list[str]) -> str:
     return shlex.join(out)
 
 
+def read_rows(folder: Path, args: list[str]) -> list[dict]:
+    """The rows of the run's results table, each labelled with its row of the grid table."""
+    tables = list(folder.glob("*.csv"))
+    if not tables:
+        return []
+    with open(tables[0]) as f:
+        return [{"run": label(args), **row} for row in csv.DictReader(f)]
+
+
+def earlier_rows(folder: Path, args: list[str]) -> list[dict]:
+    """The rows an identical run left in `folder` before: a grid run again continues where it stopped."""
+    done = folder / "args.txt"
+    return read_rows(folder, args) if done.exists() and done.read_text() == shlex.join(args) else []
+
+
 def run_grid(plan: list[list[str]], parallel: int, deadline_s: float, out: Path) -> tuple[list[dict], list[str], int]:
     """(rows of every finished run's csv, the runs stopped or never started, how many finished)."""
     started, pending, running, rows, stopped, finished = time.monotonic(), list(enumerate(plan)), {}, [], [], 0
@@ -55,7 +71,13 @@ def run_grid(plan: list[list[str]], parallel: int, deadline_s: float, out: Path)
         while pending and len(running) < parallel:
             k, args = pending.pop(0)
             folder = out / f"run-{k:03d}"
+            if kept := earlier_rows(folder, args):
+                rows += kept
+                finished += 1
+                print(f"srs_grid: run {k} kept from an earlier grid: {shlex.join(args)}", flush=True)
+                continue
             folder.mkdir(parents=True, exist_ok=True)
+            (folder / "args.txt").unlink(missing_ok=True)
             log = open(folder / "log.txt", "w")
             proc = subprocess.Popen([sys.executable, str(BENCHMARK), *args, "--out", str(folder)],
                                     stdout=log, stderr=subprocess.STDOUT)
@@ -65,14 +87,13 @@ def run_grid(plan: list[list[str]], parallel: int, deadline_s: float, out: Path)
                 continue
             log.close()
             del running[k]
-            tables = list(folder.glob("*.csv"))
-            if proc.returncode != 0 or not tables:
+            done = read_rows(folder, args) if proc.returncode == 0 else []
+            if not done:
                 print(f"srs_grid: run {k} failed (exit {proc.returncode}): {shlex.join(args)}; see {folder}/log.txt",
                       flush=True)
                 continue
-            with open(tables[0]) as f:
-                for row in csv.DictReader(f):
-                    rows.append({"run": label(args), **row})
+            (folder / "args.txt").write_text(shlex.join(args))
+            rows += done
             finished += 1
             print(f"srs_grid: run {k} done at {time.monotonic() - started:.0f}s: {shlex.join(args)}", flush=True)
         if time.monotonic() - started > deadline_s:

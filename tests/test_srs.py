@@ -331,18 +331,27 @@ def test_in_process_training_is_the_same_run_as_ray_train(sasrec_id, cyclic):
     assert np.array_equal(local.item_table, sasrec_id.item_table)
 
 
-def test_benchmark_runs_from_saved_inputs_where_ray_is_not_installed(cyclic, tmp_path: Path):
-    """benchmarks/srs.py --save-inputs here, then --inputs --in-process in a process that cannot
-    import Ray (a lone GPU box): llmemb pre-trains its ID model and trains, all in-process."""
+def srs_benchmark():
+    """benchmarks/srs.py as a module (benchmarks/ is not a package)."""
     import importlib.util
-    import subprocess
-    import sys
 
     from tests.conftest import REPO
 
     spec = importlib.util.spec_from_file_location("srs_benchmark", REPO / "benchmarks" / "srs.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_benchmark_runs_from_saved_inputs_where_ray_is_not_installed(cyclic, tmp_path: Path):
+    """benchmarks/srs.py --save-inputs here, then --inputs --in-process in a process that cannot
+    import Ray (a lone GPU box): llmemb pre-trains its ID model and trains, all in-process."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    bench = srs_benchmark()
     sequences, item_ids, _ = cyclic
     bundle = tmp_path / "inputs.npz"
     bench.save_inputs(str(bundle), sequences, item_ids, {"item_embeddings": cycle_embeddings()})
@@ -432,15 +441,12 @@ def test_a_killed_training_run_resumes_to_the_same_result(ray_local, cyclic, tmp
 def test_grid_gathers_seeds_and_reports_failed_runs(cyclic, tmp_path: Path):
     """benchmarks/srs_grid.py: two seeds of one config become one row with both seeds; a run that
     fails (ger without scores) is named, not counted."""
-    import importlib.util
     import subprocess
     import sys
 
     from tests.conftest import REPO
 
-    spec = importlib.util.spec_from_file_location("srs_benchmark", REPO / "benchmarks" / "srs.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = srs_benchmark()
     sequences, item_ids, _ = cyclic
     bundle = tmp_path / "inputs.npz"
     bench.save_inputs(str(bundle), sequences, item_ids, {})
@@ -457,3 +463,24 @@ def test_grid_gathers_seeds_and_reports_failed_runs(cyclic, tmp_path: Path):
     assert out.stdout.strip().splitlines()[-1].startswith("srs_grid: runs=2/3 seconds=")
     table = (tmp_path / "grid" / "grid.md").read_text().splitlines()
     assert len(table) == 3 and "| 42,43 |" in table[2] and "--seeds" not in table[2]
+    again = subprocess.run([sys.executable, "benchmarks/srs_grid.py", "--plan", str(plan), "--parallel", "2",
+                            "--out", str(tmp_path / "grid")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert "run 0 kept" in again.stdout and "run 1 kept" in again.stdout and "run 2 failed" in again.stdout
+    assert (tmp_path / "grid" / "grid.md").read_text().splitlines() == table, "a rerun grid keeps finished runs"
+
+
+def test_ger_controls_keep_the_values_and_drop_the_items(tmp_path: Path):
+    """benchmarks/srs.py --control: "zero" empties the scores, "shuffle" gives every item some item's
+    row (the same rows, seeded), and a source without scores is refused."""
+    bench = srs_benchmark()
+    scores = np.arange(40, dtype=np.float32).reshape(20, 2)
+    kwargs = {"attribute_scores": scores, "item_embeddings": scores + 1}
+    zero = bench.ablated(kwargs, "zero", 42)
+    assert not zero["attribute_scores"].any() and zero["item_embeddings"] is kwargs["item_embeddings"]
+    shuffled = bench.ablated(kwargs, "shuffle", 42)["attribute_scores"]
+    assert sorted(map(tuple, shuffled)) == sorted(map(tuple, scores)) and not np.array_equal(shuffled, scores)
+    assert np.array_equal(shuffled, bench.ablated(kwargs, "shuffle", 42)["attribute_scores"])
+    bundle = tmp_path / "inputs.npz"
+    bench.save_inputs(str(bundle), {"u": ["a", "b", "a"]}, ["a", "b"], {})
+    with pytest.raises(SystemExit, match="--control ablates attribute scores; source 'id' reads none"):
+        bench.main(["--dataset", "tiny", "--inputs", str(bundle), "--source", "id", "--control", "zero"])
