@@ -19,7 +19,7 @@ from cluster.runtime import node_cpus
 from jobs.ingest import catalog_dir, publish_catalog
 from llm.engines import pick_engine
 from llm.adapters import check_adapter
-from llm.attributes import attributes_for, normalize, raw_scores
+from llm.attributes import attributes_for, raw_scores
 from llm.runs import run_name
 from llm.stages import BlockEmbedder, count_blocks, part_name
 
@@ -128,10 +128,9 @@ def commit_run(cfg: Config, store: Store, run: str, *, catalog_rel: str, expecte
 
 
 def _attribute_stats(table, names: list[str]) -> dict:
-    """Per-attribute mean/std over the run (readers z-score with them)."""
+    """Per-attribute mean/std over the run: a glance at whether the scorer discriminates at all."""
     raw = raw_scores(table["attributes"].to_pylist(), len(names))
-    _, mean, std = normalize(raw)
-    return {"names": names, "mean": mean, "std": std}
+    return {"names": names, "mean": raw.mean(0).tolist(), "std": raw.std(0).tolist()}
 
 
 def run_embed(cfg: Config, store: Store | None = None, overwrite: bool = False,

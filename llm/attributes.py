@@ -29,7 +29,6 @@ DEFAULT_ATTRIBUTES: dict[str, list[str]] = {
 DEFAULT_ATTRIBUTES["scientific"] = DEFAULT_ATTRIBUTES["product"]
 
 SCALE = np.arange(1, 10, dtype=np.float32)  # the values 1..9, one token each
-MIN_STD = 1e-3  # on that scale: an attribute that varies less over the catalog carries no signal
 
 
 def attributes_for(domain: str, configured: list[str] | None = None) -> list[str]:
@@ -104,17 +103,3 @@ def most_likely_scores(probs: np.ndarray) -> np.ndarray:
 def raw_scores(rows: list, width: int) -> np.ndarray:
     """[n, width] float32 from a column of score lists."""
     return np.asarray(rows, dtype=np.float32).reshape(-1, width)
-
-
-def zscore(raw: np.ndarray, mean, std) -> np.ndarray:
-    """Per-attribute z-scores; an attribute whose std is below MIN_STD is 0 for every item (dividing
-    by it would only blow rounding noise up to unit variance)."""
-    std = np.asarray(std, np.float32)
-    z = (raw - np.asarray(mean, np.float32)) / np.where(std >= MIN_STD, std, 1.0)
-    return np.where(std >= MIN_STD, z, 0.0).astype(np.float32)
-
-
-def normalize(raw: np.ndarray) -> tuple[np.ndarray, list[float], list[float]]:
-    """Z-score per attribute, with the mean and std."""
-    mean, std = raw.mean(axis=0), raw.std(axis=0)
-    return zscore(raw, mean, std), mean.tolist(), std.tolist()

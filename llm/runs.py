@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from cluster.config import Config
 from cluster.storage import Store
-from llm.attributes import raw_scores, zscore
+from llm.attributes import raw_scores
 
 
 def run_name(cfg: Config, adapters: dict[str, str] | None = None, attributes: bool = False) -> str:
@@ -53,7 +53,8 @@ def read_run(store: Store, run: str, adapter: str | None = None) -> tuple[list[s
 
 
 def read_attributes(store: Store, run: str, adapter: str | None = None) -> tuple[list[str], np.ndarray, list[str]]:
-    """(item ids, [n, A] z-scored GER attribute scores, attribute names); refuses items without scores."""
+    """(item ids, [n, A] GER attribute scores (1-9 expected values), attribute names); refuses items
+    without scores."""
     stats = store.manifest(f"embeddings/{run}").get("attributes")
     if not stats:
         raise ValueError(f"{store.full_uri(f'embeddings/{run}')} has no attribute scores: embed with --attributes")
@@ -61,7 +62,7 @@ def read_attributes(store: Store, run: str, adapter: str | None = None) -> tuple
     if table.column("attributes").null_count:
         raise ValueError(f"{where}: {table.column('attributes').null_count} items have no attribute scores")
     raw = raw_scores(table["attributes"].to_pylist(), len(stats["names"]))
-    return table["item_id"].to_pylist(), zscore(raw, stats["mean"], stats["std"]), stats["names"]
+    return table["item_id"].to_pylist(), raw, stats["names"]
 
 
 def aligned(ids: list[str], rows: np.ndarray, item_ids: list[str], run: str) -> np.ndarray:
@@ -79,5 +80,5 @@ def aligned_vectors(store: Store, run: str, item_ids: list[str]) -> np.ndarray:
 
 
 def aligned_attributes(store: Store, run: str, item_ids: list[str]) -> np.ndarray:
-    ids, z, _ = read_attributes(store, run)
-    return aligned(ids, z, item_ids, run)
+    ids, scores, _ = read_attributes(store, run)
+    return aligned(ids, scores, item_ids, run)

@@ -144,10 +144,21 @@ class LLMEmbAdapter(ItemEmbedding):
         return self.alpha * info_nce(self.adapter(self.reduced[rows]), self.id_table[rows], self.gamma)
 
 
+MIN_STD = 1e-3  # a feature that varies less over the items carries no signal (1-9 attribute scale)
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    """Per-column z-score over the items; a column whose std is below MIN_STD is 0 for every item
+    (dividing by it would only blow rounding noise up to unit variance)."""
+    std = x.std(axis=0)
+    z = (x - x.mean(axis=0)) / np.where(std >= MIN_STD, std, 1.0)
+    return np.where(std >= MIN_STD, z, 0.0).astype(np.float32)
+
+
 class GuidedEmbedding(ItemEmbedding):
     """GER's refined item embedding e^r = [e^g, e^b] (guided embedding refinement): e^g the item's
-    A attribute scores, z-scored over the catalog (llm.runs.read_attributes does so with the run's
-    statistics) and FROZEN (the model learns one weight per attribute, shared by all items), beside
+    A attribute scores, z-scored over the items it ranks (not the whole catalog: on ml-100k the
+    items outside the k-core vary 3-5x more) and FROZEN (one learned weight per attribute), beside
     a trainable ID embedding e^b of d - A dims, so the total matches a d-dim base-only model
     (paper: 12 + 48 versus 60). GER's trainable user-side guided embedding has no place in these
     backbones, whose user vector is the sequence encoder's output."""
@@ -157,7 +168,7 @@ class GuidedEmbedding(ItemEmbedding):
         if n_attr >= dim:
             raise ValueError(f"ger needs fewer attribute scores ({n_attr}) than hidden_size ({dim})")
         super().__init__(n_items, dim)
-        self.register_buffer("guided", torch.from_numpy(np.asarray(attributes, np.float32)))
+        self.register_buffer("guided", torch.from_numpy(zscore(attributes)))
         # One trainable weight per attribute (not per item), starting at the ID table's init scale:
         # unit-variance scores beside N(0, 0.02) ID vectors swamped the dot products (ml-100k SASRec
         # HR@10 0.077 vs 0.190 for ID-only; 0.140 with all-zero scores).

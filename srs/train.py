@@ -127,8 +127,8 @@ def train_srs(
     of `sequences` (user -> chronological item ids) and return its test metrics.
 
     Ray must be connected. Row i of every matrix belongs to item_ids[i]: `item_embeddings` the
-    LLM embeddings (llm-frozen, llmemb, tslrec), `attribute_scores` [n, A] the z-scored attribute
-    scores (ger; llm.runs.aligned_attributes reads them), `id_item_embeddings` [n, hidden_size] a
+    LLM embeddings (llm-frozen, llmemb, tslrec), `attribute_scores` [n, A] the attribute scores
+    (ger; llm.runs.aligned_attributes reads them), `id_item_embeddings` [n, hidden_size] a
     pre-trained ID model's items (llmemb with align_alpha > 0, tslrec; trained here first when
     not given). Run outputs go to `storage_path` (a local dir or URI; with `storage_filesystem` a
     path on it, as Store.fs/Store.path give) or to a temporary directory. A run with the same

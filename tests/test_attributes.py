@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llm.attributes import (DEFAULT_ATTRIBUTES, answer_tokens, attributes_for, expected_scores, most_likely_scores,
-                            normalize, raw_scores, value_tokens)
+                            value_tokens)
 
 NAMES = ["humor", "romance"]
 
@@ -33,11 +33,3 @@ def test_scores_read_from_value_distributions():
     assert most_likely_scores(probs).tolist() == [[3, 1]]
 
 
-def test_normalize_is_a_z_score():
-    raw = raw_scores([[1, 10], [3, 10], [5, 10]], 2)
-    z, mean, std = normalize(raw)
-    assert mean == [3.0, 10.0]
-    assert np.allclose(z[:, 0], [-1.2247, 0, 1.2247], atol=1e-4)
-    assert np.allclose(z[:, 1], 0), "a constant attribute does not divide by zero"
-    nearly = raw_scores([[1.0, 2], [1.0000001, 4], [1.0000002, 6]], 2)
-    assert (normalize(nearly)[0][:, 0] == 0).all(), "rounding noise is not blown up to unit variance"

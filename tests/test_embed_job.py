@@ -153,9 +153,8 @@ def test_bad_catalog_rows_are_quarantined_and_long_text_truncated(ray_local, tmp
 
 @pytest.mark.slow
 def test_attribute_scores_are_stored_beside_embeddings(ray_local, tmp_path):
-    from llm.runs import run_name
     from jobs.train import run_train
-    from llm.runs import aligned_attributes, read_attributes
+    from llm.runs import aligned_attributes, read_attributes, run_name
 
     names = ["durability", "price level", "ease of use"]
     cfg = _config(tmp_path, **{"dataset.synthetic_items": 24, "embed.attributes": names, "dataset.min_interactions": 1})
@@ -167,9 +166,9 @@ def test_attribute_scores_are_stored_beside_embeddings(ray_local, tmp_path):
     scores = np.array(table["attributes"].to_pylist())
     assert scores.shape == (summary["rows"], 3) and ((scores >= 1) & (scores <= 9)).all()
     assert scores.std(axis=0).min() > 0, "items get different scores"
-    ids, z, got_names = read_attributes(Store(str(tmp_path)), summary["run"])
-    assert got_names == names and z.shape == (summary["rows"], 3) and len(ids) == summary["rows"]
-    assert np.allclose(aligned_attributes(Store(str(tmp_path)), summary["run"], ids[::-1]), z[::-1])
+    ids, read, got_names = read_attributes(Store(str(tmp_path)), summary["run"])
+    assert got_names == names and ids == table["item_id"].to_pylist() and np.allclose(read, scores)
+    assert np.allclose(aligned_attributes(Store(str(tmp_path)), summary["run"], ids[::-1]), read[::-1])
     with pytest.raises(KeyError, match="lacks 1 catalog items"):
         aligned_attributes(Store(str(tmp_path)), summary["run"], ["no-such-item"])
     # The SRS job trains the ger source over this run's scores (and publishes its model).

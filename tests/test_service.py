@@ -143,7 +143,7 @@ def test_every_source_and_backbone_is_rebuilt_from_its_weights(tmp_path, backbon
     trained = publish_random_model(
         store, RUN, source, [f"i{i}" for i in range(n)], cfg,
         item_embeddings=rng.standard_normal((n, 24)).astype(np.float32),
-        attribute_scores=rng.standard_normal((n, 5)).astype(np.float32),
+        attribute_scores=rng.uniform(1, 9, (n, 5)).astype(np.float32),
         id_item_embeddings=rng.standard_normal((n, cfg.hidden_size)).astype(np.float32))
     served = Recommender.load(store, f"models/{RUN}/{source}")
     seq = torch.from_numpy(pad_left([[3, 7, 9]], cfg.max_len))

@@ -244,6 +244,13 @@ def test_every_source_builds_with_every_backbone(model_name, source):
     assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("items."))
 
 
+def test_ger_z_scores_its_items_without_blowing_up_noise():
+    raw = np.array([[1, 10, 1.0], [3, 10, 1.0000001], [5, 10, 1.0000002]], np.float32)
+    guided = build_item_embedding("ger", 3, SMALL, SourceInputs(attributes=raw)).guided.numpy()
+    assert np.allclose(guided[:, 0], [-1.2247, 0, 1.2247], atol=1e-4)
+    assert (guided[:, 1:] == 0).all(), "a constant attribute, or one that varies by rounding noise, is 0"
+
+
 def test_sources_are_checked():
     with pytest.raises(ValueError, match="unknown embedding source"):
         build_item_embedding("nope", 10, SMALL)
