@@ -98,6 +98,9 @@ class Engine:
         so on (llm.attributes' fixed-form answer). Prompts are used whole, never cut."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Stop what the engine runs beside this process (nothing here)."""
+
     def embed(self, prompts: list[str], adapter: Adapter | None = None) -> np.ndarray:
         return self.embed_ids(self.tokenize(prompts).ids, adapter)
 
@@ -228,6 +231,12 @@ class VLLMEngine(Engine):
                 kwargs.update(runner="pooling", convert="embed", pooler_config=PoolerConfig(pooling_type="MEAN", use_activation=False))
             self._llms[runner] = LLM(**kwargs)
         return self._llms[runner]
+
+    def close(self) -> None:
+        """Stop the engine-core processes now: left to exit hooks, their shutdown logs into closed streams."""
+        for llm in self._llms.values():
+            llm.llm_engine.engine_core.shutdown()
+        self._llms.clear()
 
     @staticmethod
     def _lora(adapter: Adapter | None):

@@ -19,7 +19,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def vllm_engine():
-    return VLLMEngine(ModelConfig())
+    engine = VLLMEngine(ModelConfig())
+    yield engine
+    engine.close()
 
 
 def test_auto_picks_hf_on_cpu(hf_engine):

@@ -172,9 +172,8 @@ def test_scft_adapter_in_vllm_matches_peft(scft_runs, hf_engine, tmp_path_factor
     vllm = VLLMEngine(ModelConfig())
     try:
         got, want = vllm.embed(PROMPTS, adapter), hf_engine.embed(PROMPTS, adapter)
-    finally:  # stop the engine process now, not from a thread logging into closed streams at exit
-        for llm in vllm._llms.values():
-            llm.llm_engine.engine_core.shutdown()
+    finally:
+        vllm.close()
     assert _cosine(got, want).min() >= 0.99
     assert _cosine(got, hf_engine.embed(PROMPTS)).min() < _cosine(got, want).min(), "vLLM applied the adapter"
 
