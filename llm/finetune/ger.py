@@ -61,6 +61,10 @@ class TeacherScorer:
     def score(self, prompts: list[str]) -> list[list[list[float]]]:
         return answer_probs(self.engine, prompts, self.names).tolist()
 
+    def close(self) -> None:
+        """Stop the engine (vLLM's engine core) before training takes its GPU; ray.kill runs no exit hooks."""
+        self.engine.close()
+
 
 def teacher_probs(job: Job, prompts: list[str], names: list[str], chunk: int = 16) -> dict[str, list]:
     """[A, 9] value distributions per prompt hash: read from the output directory's cache, the missing ones computed by a
@@ -89,6 +93,7 @@ def teacher_probs(job: Job, prompts: list[str], names: list[str], chunk: int = 1
                 table = pa.table({"key": list(cache), "probs": list(cache.values())})
                 job.out.write_parquet(TEACHER_CACHE, table.replace_schema_metadata({"teacher": identity}))
                 bar.update(len(part))
+        ray.get(actor.close.remote())
         ray.kill(actor)
     return {p: cache[key(p)] for p in prompts}
 
