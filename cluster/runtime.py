@@ -14,11 +14,14 @@ def init_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     if cfg.address == "local" and not os.environ.get("RAY_ADDRESS"):
-        # address="local" ignores a stray RAY_ADDRESS, which made a plain ray.init() hang here.
+        # address="local" ignores a stray RAY_ADDRESS, which made a plain ray.init() hang here. The dashboard
+        # serves the State API, which Ray Train's placement-group cleaner polls every second (a warning each
+        # time it cannot); it listens on loopback only.
         ray.init(
             address="local",
             num_cpus=cfg.num_cpus,
-            include_dashboard=False,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
             object_store_memory=cfg.object_store_memory_mb * 1024**2,
             logging_level=logging.WARNING,
             log_to_driver=cfg.log_to_driver,
