@@ -80,9 +80,7 @@ def embed_items(cfg: Config, store: Store, items_rel: str, out_rel: str, domain:
                                "batch_size": cfg.embed.batch_size, "adapters": adapters,
                                "attributes": attributes},
         compute=ray.data.ActorPoolStrategy(size=min(cfg.embed.actors, len(tasks))),
-        batch_size=1,
-        max_restarts=-1,  # a dead actor is replaced and its block retried: parts are overwritten, never doubled
-        max_task_retries=-1,
+        batch_size=1,  # Ray Data replaces a dead actor and retries its block: parts are overwritten, never doubled
         **_actor_resources(cfg),
     )
     initial = total - sum(blocks[t["block"]] for t in tasks)
