@@ -249,7 +249,8 @@ def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
         snap = served()
         if len(req.vector) != snap.index.dims:
             raise HTTPException(422, f"vector has {len(req.vector)} dims, index {snap.version} expects {snap.index.dims}")
-        vector = np.asarray(req.vector, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused just below
+            vector = np.asarray(req.vector, dtype=np.float32)
         if not np.isfinite(vector).all():
             raise HTTPException(422, "vector values must fit in float32")
         if snap.index.metric == "cosine" and not vector.any():
