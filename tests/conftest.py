@@ -83,3 +83,18 @@ def lora_adapter(tmp_path_factory) -> Path:
     from llm.checkpoints import resolve_model_path
 
     return make_lora_adapter(str(resolve_model_path("smollm2")), tmp_path_factory.mktemp("lora") / "tuned")
+
+
+def own_processes(title: str) -> list:
+    """This test process's descendants (its Ray instance's workers and what they start) whose command line
+    contains `title`: never another job's processes on the machine."""
+    import psutil
+
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if title in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:  # exited meanwhile
+            pass
+    return found

@@ -6,13 +6,12 @@ import sys
 import threading
 import time
 
-import psutil
 import pytest
 import yaml
 
 from cluster import Store, load_config
 from jobs.embed import run_embed
-from tests.conftest import REPO
+from tests.conftest import REPO, own_processes
 
 SETTINGS = {"dataset": {"name": "synthetic", "synthetic_items": 96, "synthetic_users": 150},
             "embed": {"batch_size": 8, "block_size": 8}}
@@ -56,13 +55,6 @@ def test_killed_driver_resumes_to_the_same_run(reference, ray_local, tmp_path):
     assert resumed["parts"] == reference["parts"], "byte-identical to the uninterrupted run"
 
 
-def _cmdline(p: psutil.Process) -> str:
-    try:
-        return " ".join(p.cmdline())
-    except psutil.Error:  # exited meanwhile
-        return ""
-
-
 @pytest.mark.slow
 def test_killed_actor_is_replaced_and_every_item_embedded_once(reference, tmp_path):
     store = Store(str(tmp_path / "store"))
@@ -72,8 +64,7 @@ def test_killed_actor_is_replaced_and_every_item_embedded_once(reference, tmp_pa
     job = threading.Thread(target=lambda: result.update(run_embed(cfg, store)))
     job.start()
     _wait_for_parts(store, 1)
-    # Only this test's Ray instance (started by this process): never another job's actors on the machine.
-    actors = [p for p in psutil.Process().children(recursive=True) if "BlockEmbedder" in _cmdline(p)]
+    actors = own_processes("BlockEmbedder")
     assert actors, "the embedding actor is running"
     for p in actors:
         os.kill(p.pid, signal.SIGKILL)

