@@ -2,6 +2,7 @@
 
     python benchmarks/recbole_compare.py --dataset amazon-beauty --epochs 3 --seed 42
     python benchmarks/recbole_compare.py --dataset ml-100k --epochs 5 --patience 5
+    python benchmarks/recbole_compare.py --dataset amazon-beauty --epochs 200 --patience 5 --dropout 0.5
     python benchmarks/recbole_compare.py --setup-only        # just create .venv-recbole
 
 RecBole runs in its own venv, `.venv-recbole` beside this repo (RecBole 1.2.1 needs numpy<2,
@@ -103,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default="amazon-beauty")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience (default: SRSConfig's)")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="hidden and attention dropout for both (default: SRSConfig's; the Beauty baseline uses 0.5)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default="runs/srs-benchmarks", help="folder for the .md/.csv results (runs/ is git-ignored)")
     p.add_argument("--setup-only", action="store_true", help="create/check the RecBole venv and exit")
@@ -112,7 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def our_config(args: argparse.Namespace):
     from cluster.config import SRSConfig
 
-    extra = {} if args.patience is None else {"patience": args.patience}
+    extra = {k: v for k, v in {"patience": args.patience, "dropout": args.dropout}.items() if v is not None}
     return SRSConfig.model_validate({"model": "sasrec", "loss": "ce", "ranking": "full", "epochs": args.epochs,
                                      "seed": args.seed, **extra})
 
