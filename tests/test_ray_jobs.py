@@ -2,7 +2,6 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,12 +14,7 @@ import yaml
 
 from cluster.storage import Store
 from tests.conftest import REPO
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_ports
 
 
 @pytest.fixture()
@@ -31,7 +25,7 @@ def ray_head(tmp_path):
     default 52365, and an agent that cannot bind it stays up without its HTTP server, so every
     submission then fails with "No available agent".
     """
-    port, dash, agent_http, agent_grpc, runtime_env, metrics = (_free_port() for _ in range(6))
+    port, dash, agent_http, agent_grpc, runtime_env, metrics = free_ports(6)
     temp_dir = tempfile.mkdtemp(prefix="rj-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)

@@ -26,6 +26,7 @@ from index import Recommender, build_from_run, create_app, similar_items
 from jobs.train import publish_model
 from srs.data import pad_left
 from srs.fit import build_model
+from tests.ports import free_port
 from tests.test_index import clustered_vectors, write_run
 
 RUN = "run-a"
@@ -335,12 +336,6 @@ def test_hot_swap_under_load(tmp_path):
 
 
 # -- hosting through Ray Serve; a model trained through Ray Train -------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ray_serve_hosts_the_same_app(ray_local, world):
     from ray import serve
@@ -348,7 +343,7 @@ def test_ray_serve_hosts_the_same_app(ray_local, world):
     from cluster.config import Config
     from jobs.serve import ray_serve_app
 
-    port = _free_port()
+    port = free_port()
     cfg = Config.model_validate({"storage": {"uri": world.store.uri}, "serve": {"host": "127.0.0.1", "port": port}})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
