@@ -103,6 +103,9 @@ class SRSConfig(_Section):
     tslrec_clusters: int = Field(16, ge=2, description="TSLRec latent categories (k-means of the ID model's items).")
     hidden_size: int = Field(64, ge=8)
     max_len: int = Field(50, ge=2)
+    position_from: Literal["last", "first"] = Field(
+        "last", description="SASRec/BERT4Rec position embeddings counted from the most recent item (the SASRec paper's "
+        "choice) or from the sequence's first item (RecBole's; then a prefix's state does not depend on later items).")
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(1, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)

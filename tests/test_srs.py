@@ -267,9 +267,10 @@ def test_sources_are_checked():
 
 
 @pytest.mark.parametrize("model_name", sorted(MODELS))
-def test_backbone_padding_invariance(model_name):
+@pytest.mark.parametrize("position_from", ["last", "first"])
+def test_backbone_padding_invariance(model_name, position_from):
     torch.manual_seed(0)
-    model = build_model("id", 12, SMALL.model_copy(update={"model": model_name})).eval()
+    model = build_model("id", 12, SMALL.model_copy(update={"model": model_name, "position_from": position_from})).eval()
     seq = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4]])
     # A short row batched with a longer one (so its padding columns are processed, not
     # trimmed) gets the same vector as alone, and extra padding changes nothing.
@@ -278,6 +279,20 @@ def test_backbone_padding_invariance(model_name):
     torch.testing.assert_close(model.user_vector(padded), model.user_vector(seq))
     with pytest.raises(ValueError, match="divisible"):
         build_model("id", 12, SMALL.model_copy(update={"num_heads": 3, "model": "sasrec"}))
+
+
+def test_positions_from_the_first_item_make_a_prefix_state_independent_of_later_items():
+    """With RecBole's positions every prefix of a training row is encoded as if it were the whole
+    history, so training all positions at once is its per-prefix training; SASRec's positions
+    (from the most recent item) shift as items follow, so the same prefix reads differently."""
+    seq = torch.tensor([[5, 2, 9, 4]])
+    for position_from, same in [("first", True), ("last", False)]:
+        torch.manual_seed(0)
+        model = build_model("id", 12, SMALL.model_copy(update={"model": "sasrec", "position_from": position_from})).eval()
+        states = model.states(seq, model.items.table())
+        for k in range(1, 4):
+            alone = model.user_vector(seq[:, :k])
+            assert torch.allclose(states[:, k - 1], alone, atol=1e-5) == same, (position_from, k)
 
 
 # -- training ------------------------------------------------------------------------------------

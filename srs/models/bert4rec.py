@@ -29,7 +29,7 @@ class BERT4Rec(SeqRecommender):
         self.mask_prob = cfg.mask_prob
         self.mask_index = items.n_items + 1  # one past the table: looked up in `mask` instead
         self.mask = nn.Parameter(torch.randn(items.dim) * 0.02)
-        self.encoder = TransformerEncoder(items.dim, cfg.max_len, cfg.num_layers, cfg.num_heads, cfg.dropout, causal=False)
+        self.encoder = TransformerEncoder(items.dim, cfg, causal=False)
 
     def _encode(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         seq = trim_padding(seq)

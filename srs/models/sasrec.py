@@ -18,7 +18,7 @@ from srs.models.transformer import TransformerEncoder
 class SASRec(NextItemRecommender):
     def __init__(self, items: ItemEmbedding, cfg: SRSConfig):
         super().__init__(items, cfg.max_len, cfg.resolved_loss)
-        self.encoder = TransformerEncoder(items.dim, cfg.max_len, cfg.num_layers, cfg.num_heads, cfg.dropout, causal=True)
+        self.encoder = TransformerEncoder(items.dim, cfg, causal=True)
 
     def states(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         seq = trim_padding(seq)

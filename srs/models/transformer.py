@@ -1,7 +1,8 @@
 """The transformer encoder SASRec and BERT4Rec share; they differ only in attention direction.
 
-Learned position embeddings counted from the right (sequences are left-padded, so position
-max_len - 1 is always the most recent item), embedding dropout, pre-LayerNorm blocks
+Learned position embeddings, counted from the most recent item (SASRec's choice: sequences are
+left-padded, so slot max_len - 1 is always the latest) or from the sequence's first item
+(RecBole's, config position_from), embedding dropout, pre-LayerNorm blocks
 g(x) = x + Dropout(g(LayerNorm(x))) with a pointwise two-layer ReLU FFN of width d, and a final
 LayerNorm: SASRec's block (Kang & McAuley 2018).
 """
@@ -10,24 +11,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cluster.config import SRSConfig
+
 
 class TransformerEncoder(nn.Module):
-    def __init__(self, dim: int, max_len: int, num_layers: int, num_heads: int, dropout: float, causal: bool):
+    def __init__(self, dim: int, cfg: SRSConfig, causal: bool):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"hidden_size {dim} is not divisible by num_heads {num_heads}")
+        if dim % cfg.num_heads:
+            raise ValueError(f"hidden_size {dim} is not divisible by num_heads {cfg.num_heads}")
         self.dim = dim
-        self.max_len = max_len
-        self.num_heads = num_heads
+        self.max_len = cfg.max_len
+        self.num_heads = cfg.num_heads
         self.causal = causal
-        self.position = nn.Embedding(max_len, dim)
+        self.from_first = cfg.position_from == "first"
+        self.position = nn.Embedding(cfg.max_len, dim)
         nn.init.normal_(self.position.weight, std=0.02)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
-                dim, num_heads, dim_feedforward=dim, dropout=dropout, activation="relu", batch_first=True, norm_first=True
+                dim, cfg.num_heads, dim_feedforward=dim, dropout=cfg.dropout, activation="relu", batch_first=True, norm_first=True
             )
-            for _ in range(num_layers)
+            for _ in range(cfg.num_layers)
         )
         self.norm = nn.LayerNorm(dim)
 
@@ -35,7 +39,10 @@ class TransformerEncoder(nn.Module):
         """States [B, w, d] from item embeddings [B, w, d] (w <= max_len, right-aligned) and
         the padding mask [B, w] (True = padding)."""
         w = items.shape[1]
-        positions = torch.arange(self.max_len - w, self.max_len, device=items.device)
+        if self.from_first:  # [B, w]: 0 at each row's first real item (padding clamps to 0, unused)
+            positions = (torch.arange(w, device=items.device) - pad.sum(1, keepdim=True)).clamp(min=0)
+        else:
+            positions = torch.arange(self.max_len - w, self.max_len, device=items.device)
         x = self.dropout(items * self.dim**0.5 + self.position(positions))
         # True = may not attend: padding keys (and the future when causal); a position always
         # sees itself, so padding rows stay finite (their outputs are never used).
