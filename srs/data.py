@@ -7,13 +7,12 @@ thing for every row.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
 
 from catalog import leave_one_out
 
@@ -118,48 +117,6 @@ def build_tensors(sequences: Mapping[str, Sequence[str]], item_ids: Sequence[str
         test_seen=Ragged.from_rows(test_history),
         test_targets=np.asarray([split.test[u][1] for u in users], dtype=np.int64),
     )
-
-
-class BucketBatchSampler(Sampler[list[int]]):
-    """This worker's shuffled batches of training rows, grouped by length.
-
-    SASRec's cost per batch grows with its longest row; with avg length ~9 and max_len 50,
-    random batches are mostly padding. Rows are shuffled, sorted by length inside chunks of
-    `chunk` batches, cut into batches, and the batches shuffled (the group-by-length trick of
-    bucketing samplers). Batch k of the epoch goes to rank k % world_size, and every rank gets
-    the same number of batches, as DistributedDataParallel needs.
-    """
-
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, chunk: int = 50):
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.chunk = chunk
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _batches(self) -> list[np.ndarray]:
-        rng = np.random.default_rng((self.seed, self.epoch))
-        perm = rng.permutation(len(self.lengths))
-        span = self.chunk * self.batch_size
-        batches = []
-        for start in range(0, len(perm), span):
-            part = perm[start:start + span]
-            part = part[np.argsort(self.lengths[part], kind="stable")]
-            batches += [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
-        order = rng.permutation(len(batches))
-        per_rank = len(batches) // self.world_size
-        return [batches[k] for k in order[self.rank:per_rank * self.world_size:self.world_size]]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return (b.tolist() for b in self._batches())
-
-    def __len__(self) -> int:
-        return len(self._batches())
 
 
 class TrainBatch(NamedTuple):

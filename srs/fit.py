@@ -13,10 +13,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from cluster.config import SRSConfig
-from srs.data import BucketBatchSampler, Ragged, SeqTensors, TrainBatch, build_tensors, sample_negatives
+from srs.data import Ragged, SeqTensors, TrainBatch, build_tensors, sample_negatives
 from srs.fusion import SourceInputs, build_item_embedding, check_source, required_inputs
 from srs.metrics import ALL_METRICS, popularity_baseline, rank_cases, report, sample_candidates, tail_items
 from srs.models import MODELS, SeqRecommender
@@ -142,8 +142,10 @@ def fit(
     others with None); passing such a state back as `resume` continues the run after it."""
     net: SeqRecommender = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     dataset = TensorDataset(torch.tensor(data.train_inputs), torch.tensor(data.train_targets))  # ray.get's arrays are read-only
-    batches = BucketBatchSampler((data.train_inputs != 0).sum(1), cfg.batch_size, cfg.seed, rank, world_size)
-    loader = DataLoader(dataset, batch_sampler=batches)
+    # Each rank's shuffled share of the rows, the same size on every rank (as DDP needs), in plain random batches:
+    # batches grouped by length were faster but cost 12% HR@10 on Beauty (benchmarks/RESULTS.md).
+    rows = DistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=cfg.seed)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=rows)
     negatives = torch.Generator(device=device).manual_seed(cfg.seed + rank)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     tail = tail_items(data.train_seen, data.n_items)
@@ -166,7 +168,7 @@ def fit(
         if stopped:
             break
         t0 = time.perf_counter()
-        batches.set_epoch(epoch)
+        rows.set_epoch(epoch)
         model.train()
         total, steps = 0.0, 0
         for inputs, targets in loader:

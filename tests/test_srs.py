@@ -11,7 +11,7 @@ import torch
 
 from cluster.config import SRSConfig
 from srs import ALL_METRICS, METRICS, MODELS, SOURCES, popularity_baseline, popularity_metrics, summarize, target_ranks, train_srs
-from srs.data import BucketBatchSampler, Ragged, TrainBatch, build_tensors, sample_negatives
+from srs.data import Ragged, TrainBatch, build_tensors, sample_negatives
 from srs.fusion import LLMEmbAdapter, SourceInputs, build_item_embedding, latent_categories
 from srs.metrics import report, sample_candidates, sampled_ranks, tail_items
 from srs.fit import build_model, fit
@@ -76,21 +76,6 @@ def test_sample_negatives_avoid_the_users_items_and_padding():
     assert neg[0, 0] == 0
     for row, seen in zip(neg, ({1, 2, 3, 4}, {5, 6, 7, 8, 9})):
         assert all(1 <= int(v) <= 12 and int(v) not in seen for v in row if v != 0)
-
-
-def test_bucket_batches_cover_every_row_once_and_shard_evenly():
-    lengths = np.random.default_rng(0).integers(1, 50, size=1000)
-    single = BucketBatchSampler(lengths, batch_size=32, seed=0)
-    rows = [i for b in single for i in b]
-    assert sorted(rows) == list(range(1000))
-    # Grouping by length: a batch spans far less than the full range of lengths.
-    assert np.mean([np.ptp(lengths[b]) for b in single]) < 10
-    shards = [list(BucketBatchSampler(lengths, 32, seed=0, rank=r, world_size=3)) for r in range(3)]
-    assert len({len(s) for s in shards}) == 1
-    seen = [i for s in shards for b in s for i in b]
-    assert len(seen) == len(set(seen))
-    single.set_epoch(1)
-    assert [i for b in single for i in b] != rows
 
 
 # -- metrics -----------------------------------------------------------------------------------
@@ -308,10 +293,11 @@ def test_popularity_is_weak_on_the_cyclic_set(cyclic):
     assert set(pop) == set(ALL_METRICS)
 
 
-@pytest.mark.parametrize("model_name, loss", [("sasrec", "ce"), ("gru4rec", "bce"), ("bert4rec", None)])
-def test_every_backbone_learns_in_process(cyclic, model_name, loss):
+# BERT4Rec's cloze trains about a fifth of the positions a step, so it gets twice the epochs.
+@pytest.mark.parametrize("model_name, loss, epochs", [("sasrec", "ce", 8), ("gru4rec", "bce", 8), ("bert4rec", None, 16)])
+def test_every_backbone_learns_in_process(cyclic, model_name, loss, epochs):
     sequences, item_ids, pop = cyclic
-    cfg = SMALL.model_copy(update={"model": model_name, "loss": loss, "epochs": 8, "lr": 1e-2, "batch_size": 32, "dropout": 0.0})
+    cfg = SMALL.model_copy(update={"model": model_name, "loss": loss, "epochs": epochs, "lr": 1e-2, "batch_size": 32, "dropout": 0.0})
     torch.set_num_threads(1)  # what the Ray workers use; on a shared 2-core box 2 threads are slower
     torch.manual_seed(0)
     fitted = fit(build_model("id", len(item_ids), cfg), build_tensors(sequences, item_ids, cfg.max_len), cfg)

@@ -17,7 +17,7 @@ from srs.fusion import ItemEmbedding
 
 def trim_padding(seq: torch.Tensor) -> torch.Tensor:
     """The last w columns of `seq`, w = its longest row: all-padding leading columns cost time
-    and carry nothing (positions count from the right, so their meaning is unchanged)."""
+    and carry nothing (every row's positions are counted from its own items, so they are unchanged)."""
     return seq[:, int((seq != 0).any(0).int().argmax()):]
 
 
