@@ -143,7 +143,7 @@ def fit(
     net: SeqRecommender = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     dataset = TensorDataset(torch.tensor(data.train_inputs), torch.tensor(data.train_targets))  # ray.get's arrays are read-only
     # Each rank's shuffled share of the rows, the same size on every rank (as DDP needs), in plain random batches:
-    # batches grouped by length were faster but lost 13% HR@10 on Beauty (benchmarks/RESULTS.md).
+    # batches grouped by length saved padding but lost 13% HR@10 on Beauty (benchmarks/RESULTS.md).
     rows = DistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=rows)
     negatives = torch.Generator(device=device).manual_seed(cfg.seed + rank)

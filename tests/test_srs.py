@@ -267,9 +267,9 @@ def test_backbone_padding_invariance(model_name, position_from):
 
 
 def test_positions_from_the_first_item_make_a_prefix_state_independent_of_later_items():
-    """With RecBole's positions every prefix of a training row is encoded as if it were the whole
-    history, so training all positions at once is its per-prefix training; SASRec's positions
-    (from the most recent item) shift as items follow, so the same prefix reads differently."""
+    """With RecBole's positions every prefix of a training row is encoded (dropout aside) as if it
+    were the whole history, as in RecBole's per-prefix examples; SASRec's positions (from the most
+    recent item) shift as items follow, so the same prefix reads differently."""
     seq = torch.tensor([[5, 2, 9, 4]])
     for position_from, same in [("first", True), ("last", False)]:
         torch.manual_seed(0)
