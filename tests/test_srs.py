@@ -15,6 +15,7 @@ from srs.data import Ragged, TrainBatch, build_tensors, sample_negatives
 from srs.fusion import LLMEmbAdapter, SourceInputs, build_item_embedding, latent_categories
 from srs.metrics import report, sample_candidates, sampled_ranks, tail_items
 from srs.fit import build_model, fit
+from srs.models.transformer import GROUP_ROWS, TransformerEncoder
 
 N_ITEMS = 200
 
@@ -264,6 +265,23 @@ def test_backbone_padding_invariance(model_name, position_from):
     torch.testing.assert_close(model.user_vector(padded), model.user_vector(seq))
     with pytest.raises(ValueError, match="divisible"):
         build_model("id", 12, SMALL.model_copy(update={"num_heads": 3, "model": "sasrec"}))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("position_from", ["last", "first"])
+def test_encoder_states_do_not_depend_on_the_rows_batched_with_them(causal, position_from):
+    """The encoder runs a batch in groups of similar length, each cut to its own longest row; every
+    row of a batch wider than one group must still get the states it gets alone."""
+    torch.manual_seed(0)
+    cfg = SMALL.model_copy(update={"position_from": position_from})
+    encoder = TransformerEncoder(cfg.hidden_size, cfg, causal).eval()
+    lengths = torch.randint(1, cfg.max_len + 1, (3 * GROUP_ROWS + 5,))
+    pad = torch.arange(cfg.max_len) < cfg.max_len - lengths[:, None]
+    items = torch.randn(len(lengths), cfg.max_len, cfg.hidden_size)
+    batched = encoder(items, pad)
+    for r, n in enumerate(lengths.tolist()):
+        alone = encoder(items[r:r + 1, -n:], pad[r:r + 1, -n:])[0]
+        torch.testing.assert_close(batched[r, -n:], alone, atol=1e-5, rtol=1e-4)
 
 
 def test_positions_from_the_first_item_make_a_prefix_state_independent_of_later_items():

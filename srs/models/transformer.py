@@ -9,9 +9,12 @@ LayerNorm: SASRec's block (Kang & McAuley 2018).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cluster.config import SRSConfig
+
+GROUP_ROWS = 64
 
 
 class TransformerEncoder(nn.Module):
@@ -37,7 +40,21 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, items: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """States [B, w, d] from item embeddings [B, w, d] (w <= max_len, right-aligned) and
-        the padding mask [B, w] (True = padding)."""
+        the padding mask [B, w] (True = padding); zeros at padding positions not encoded.
+
+        Rows run in groups of GROUP_ROWS similar lengths, each group cut to its longest row:
+        a row's states do not depend on the padding in front of it, and in a random training
+        batch most rows are far shorter than the longest (on Beauty a 256-row batch is about
+        50 wide for about 1,500 items)."""
+        lengths = (~pad).sum(1)
+        order = lengths.argsort()
+        groups = []
+        for rows in order.split(GROUP_ROWS):
+            w = max(int(lengths[rows].max()), 1)
+            groups.append(F.pad(self._encode(items[rows, -w:], pad[rows, -w:]), (0, 0, items.shape[1] - w, 0)))
+        return torch.cat(groups)[order.argsort()]
+
+    def _encode(self, items: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         w = items.shape[1]
         if self.from_first:  # [B, w]: 0 at each row's first real item (padding clamps to 0, unused)
             positions = (torch.arange(w, device=items.device) - pad.sum(1, keepdim=True)).clamp(min=0)
