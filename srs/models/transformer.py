@@ -44,8 +44,8 @@ class TransformerEncoder(nn.Module):
 
         Rows run in groups of GROUP_ROWS similar lengths, each group cut to its longest row:
         a row's states do not depend on the padding in front of it, and in a random training
-        batch most rows are far shorter than the longest (on Beauty a 256-row batch is about
-        50 wide for about 1,500 items)."""
+        batch most rows are far shorter than the longest (Beauty's training rows fill 12% of
+        their 50 columns: 131,219 targets in 22,480 rows)."""
         lengths = (~pad).sum(1)
         order = lengths.argsort()
         groups = []
