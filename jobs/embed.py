@@ -70,7 +70,7 @@ def embed_items(cfg: Config, store: Store, items_rel: str, out_rel: str, domain:
              if part_name(b, a or None) not in done]
     total = sum(blocks) * len(names)
     if not tasks:
-        return {"rows": 0, "startup_s": 0.0, "steady_items_s": None}
+        return {"embedded": 0, "startup_s": 0.0, "steady_items_s": None}
     started = time.perf_counter()
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
     ds = ds.map_batches(
@@ -95,7 +95,7 @@ def embed_items(cfg: Config, store: Store, items_rel: str, out_rel: str, domain:
     # so blocks finishing together cannot inflate the rate.
     compute_started = arrivals[0] - first_compute
     steady = sum(rows) / (arrivals[-1] - compute_started)
-    return {"rows": sum(rows), "startup_s": round(compute_started - started, 2),
+    return {"embedded": sum(rows), "startup_s": round(compute_started - started, 2),
             "steady_items_s": round(steady, 2)}
 
 
@@ -152,9 +152,9 @@ def run_embed(cfg: Config, store: Store | None = None, overwrite: bool = False,
     summary = commit_run(cfg, store, run, catalog_rel=f"{cat_dir}/items.parquet",
                          expected_rows=cat["items"] * max(len(adapters or {}), 1), started=started,
                          extra={"quarantined": cat["quarantined"], "attribute_names": names, **timing})
-    print(f"embed: {summary['rows']} rows, {summary['quarantined']} quarantined, {summary['truncated']} truncated, "
-          f"{summary['seconds']} s ({summary['startup_s']} s start-up, steady {summary['steady_items_s']} items/s) "
-          f"-> {summary['uri']}", flush=True)
+    print(f"embed: {summary['rows']} rows ({summary['embedded']} embedded now), {summary['quarantined']} quarantined, "
+          f"{summary['truncated']} truncated, {summary['seconds']} s ({summary['startup_s']} s start-up, "
+          f"steady {summary['steady_items_s']} items/s) -> {summary['uri']}", flush=True)
     return summary
 
 

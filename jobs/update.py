@@ -188,7 +188,7 @@ def run_update(cfg: Config, catalog: Path | None, store: Store | None = None, de
     print(f"update {parent} -> {run}: {counts}", flush=True)
     store.write_parquet(f"{cat_dir}/items.parquet", items)
     store.write_parquet(f"{cat_dir}/quarantine.parquet", quarantine)
-    timing: dict = {}   # embed_items' rows, start-up and steady items/s
+    timing: dict = {}   # embed_items' embedded rows, start-up and steady items/s
     if d.to_embed:
         wanted = pa.array(d.to_embed, pa.string())
         to_embed = items.filter(pc.is_in(items["item_id"], value_set=wanted))

@@ -82,6 +82,8 @@ def test_resume_embeds_only_missing_blocks_and_reproduces_the_run(embedded, tmp_
     marker = crashed.read_bytes(f"{run_dir}/part-000000.parquet")
     resumed = run_embed(_config(tmp_path), crashed, resume=True)
     assert resumed["parts"] == summary["parts"], "the same bytes as the uninterrupted run"
+    missing = crashed.read_parquet(f"{run_dir}/part-000001.parquet").num_rows
+    assert resumed["rows"] == summary["rows"] and resumed["embedded"] == missing < summary["rows"]
     assert crashed.read_bytes(f"{run_dir}/part-000000.parquet") == marker
 
 
