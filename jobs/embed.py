@@ -101,7 +101,11 @@ def embed_items(cfg: Config, store: Store, items_rel: str, out_rel: str, domain:
 
 def commit_run(cfg: Config, store: Store, run: str, *, catalog_rel: str, expected_rows: int, started: float,
                parent: str | None = None, extra: dict | None = None) -> dict:
-    """Check the run's part files hold each (item, adapter) exactly once, then write its manifest (the commit)."""
+    """Check the run's part files hold each (item, adapter) exactly once, then write its manifest (the commit).
+
+    `extra` adds caller fields; one that would replace a computed field (say `rows`) is refused, so a caller's
+    per-pass figure can never pass for the run's."""
+    extra = extra or {}
     out = f"embeddings/{run}"
     parts = [n for n in store.list(out) if n.endswith(".parquet")]
     table = store.read_parquet(out)
@@ -117,10 +121,13 @@ def commit_run(cfg: Config, store: Store, run: str, *, catalog_rel: str, expecte
         "truncated": int(sum(table["truncated"].to_pylist())), "seconds": round(seconds, 2),
         "items_per_s": round(table.num_rows / seconds, 2),
         "parts": {n: hashlib.sha256(store.read_bytes(f"{out}/{n}")).hexdigest() for n in parts},
-        **(extra or {}),
     }
     if "attributes" in table.column_names:
         summary["attributes"] = _attribute_stats(table, extra["attribute_names"])
+    if clash := sorted(summary.keys() & extra.keys()):
+        raise ValueError(f"embeddings run {run}: extra manifest fields {clash} would replace computed ones: "
+                         "not committed")
+    summary |= extra
     store.commit(out, summary)
     return summary
 

@@ -9,7 +9,7 @@ import pytest
 
 from catalog import item_prompt
 from cluster import Store, load_config
-from jobs.embed import parse_adapters, run_embed
+from jobs.embed import commit_run, parse_adapters, run_embed
 from llm.adapters import AdapterError, check_adapter
 from llm.engines import Adapter
 from llm.runs import read_run
@@ -68,6 +68,16 @@ def test_rerun_of_a_committed_run_does_nothing(embedded):
     before = store.read_bytes(f"embeddings/{summary['run']}/_manifest.json")
     assert run_embed(cfg, store)["parts"] == summary["parts"]
     assert store.read_bytes(f"embeddings/{summary['run']}/_manifest.json") == before
+
+
+def test_commit_refuses_extra_fields_that_replace_computed_ones(embedded):
+    cfg, store, summary = embedded
+    manifest = f"embeddings/{summary['run']}/_manifest.json"
+    before = store.read_bytes(manifest)
+    with pytest.raises(ValueError, match=r"extra manifest fields \['rows'\] would replace computed ones"):
+        commit_run(cfg, store, summary["run"], catalog_rel="catalog/synthetic/items.parquet",
+                   expected_rows=summary["rows"], started=time.time(), extra={"rows": 1})
+    assert store.read_bytes(manifest) == before
 
 
 def test_resume_embeds_only_missing_blocks_and_reproduces_the_run(embedded, tmp_path):
