@@ -36,12 +36,12 @@ def plain_loop(prompts: list[str], batch_size: int, threads: int) -> tuple[float
 
 def ray_job(store, items_rel: str, domain: str, actors: int, threads: int, batch_size: int, block_size: int) -> dict:
     from cluster import load_config
-    from jobs.embed import embed_items
+    from llm.embed import embed_items
 
     cfg = load_config(None, {"embed.actors": actors, "embed.threads_per_actor": threads,
                              "embed.cpus_per_actor": 1.0 / actors, "embed.batch_size": batch_size,
                              "embed.block_size": block_size, "storage.uri": store.uri})
-    return embed_items(cfg, store, items_rel, f"embeddings/bench-{actors}", domain)
+    return embed_items(cfg, store, items_rel, f"bench-{actors}", domain)
 
 
 def main() -> None:

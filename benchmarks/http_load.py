@@ -32,6 +32,7 @@ def write_index(store_dir: Path, n: int, dims: int, factory: str) -> list[str]:
     """A committed embeddings run of n clustered vectors, its catalog, and the CURRENT index."""
     from cluster.config import IndexConfig
     from cluster.storage import Store
+    from cluster.layout import read_parts
     from index import build_from_run
     from llm.stages import embedding_schema
 
@@ -46,7 +47,7 @@ def write_index(store_dir: Path, n: int, dims: int, factory: str) -> list[str]:
         "item_id": ids, "content_hash": ids, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dims),
         "truncated": pa.repeat(False, n), "model": pa.repeat("synthetic", n), "adapter": pa.nulls(n, pa.string()),
     }, schema=embedding_schema(dims)))
-    store.commit("embeddings/bench", {"dims": dims, "rows": n, "catalog": catalog})
+    store.commit("embeddings/bench", {"dims": dims, "rows": n, "catalog": catalog, "parts": read_parts(store, "bench")[1]})
     build_from_run(store, "bench", IndexConfig(factory=factory))
     return ids
 

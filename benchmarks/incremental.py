@@ -38,8 +38,8 @@ def write_stand_in_run(cfg, store, catalog_rel: str) -> str:
     """The base run: the catalog's ids and hashes with clustered stand-in vectors, in block-sized parts."""
     import pyarrow as pa
 
-    from jobs.embed import commit_run
-    from llm.runs import run_name
+    from cluster.layout import run_name
+    from llm.embed import commit_run
     from llm.stages import embedding_schema, part_name
 
     started = time.time()
@@ -106,11 +106,10 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace, work: Path) -> None:
-
+    from catalog.publish import publish_catalog
     from cluster import Store, load_config
     from index import build_from_run
-    from jobs.ingest import publish_catalog
-    from jobs.update import run_update
+    from index.update import update_catalog
 
     n = 10_000 if args.quick else 100_000
     cfg = load_config(None, {"storage.uri": str(work / "store"), "dataset.name": "synthetic",
@@ -128,7 +127,7 @@ def measure(args: argparse.Namespace, work: Path) -> None:
     changed = changed_catalog(store, catalog_rel, args.frac, work / "new_items.parquet")
 
     t = time.perf_counter()
-    summary = run_update(cfg, work / "new_items.parquet", store)
+    summary = update_catalog(cfg, store, work / "new_items.parquet")
     update_s = time.perf_counter() - t
     full_s = n / rate + index_s
 

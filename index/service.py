@@ -26,10 +26,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from cluster.config import ServeConfig
+from cluster.layout import NoIndexError, current_version
 from cluster.storage import StorageError, Store
 from index.faiss_index import ItemIndex
-from index.recommender import NoModelError, Recommender, find_model
-from index.versions import NoIndexError, current_version, item_titles, load_index, version_manifest
+from index.recommender import Recommender
+from index.versions import item_titles, load_index, version_manifest
+from srs.published import NoModelError, find_model
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "GUIDEDREC_TOKEN"

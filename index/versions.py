@@ -8,7 +8,6 @@ rebuild) and its recall@10 against exact search, measured when it was made.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Collection
 from datetime import datetime, timezone
 from typing import NamedTuple
@@ -19,19 +18,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cluster.config import IndexConfig
+from cluster.layout import CURRENT, INDEX, current_version, index_dir, new_version, set_current
 from cluster.storage import StorageError, Store
 from index.faiss_index import ItemIndex, recall_at_k
 from llm.runs import read_run
 
-ROOT = "index"
-CURRENT = f"{ROOT}/CURRENT"
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 RECALL_K = 10
-
-
-class NoIndexError(StorageError):
-    """No index version has been made current in this store."""
 
 
 class Neighbour(NamedTuple):
@@ -40,20 +34,11 @@ class Neighbour(NamedTuple):
     title: str | None
 
 
-def _version_dir(version: str) -> str:
-    return f"{ROOT}/{version}"
-
-
-def _new_version() -> str:
-    """UTC time to the microsecond plus a short uuid: sorts by creation, never collides."""
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:6]}"
-
-
 # -- versions ------------------------------------------------------------------------------
 def save_version(store: Store, index: ItemIndex, *, run: str, extra: dict | None = None) -> str:
     """Write index/<version>/{index.faiss, ids.parquet} and commit its manifest; returns version."""
-    version = _new_version()
-    vdir = _version_dir(version)
+    version = new_version()
+    vdir = index_dir(version)
     store.write_bytes(f"{vdir}/{INDEX_FILE}", index.to_bytes())
     store.write_parquet(f"{vdir}/{IDS_FILE}", pa.table({"item_id": pa.array(index.ids, pa.string()),
                                                         "faiss_id": pa.array(index.labels, pa.int64())}))
@@ -67,30 +52,18 @@ def save_version(store: Store, index: ItemIndex, *, run: str, extra: dict | None
 
 def list_versions(store: Store) -> list[str]:
     """Committed versions, oldest first."""
-    return [v for v in store.list(ROOT) if v != "CURRENT" and store.is_committed(_version_dir(v))]
-
-
-def set_current(store: Store, version: str) -> None:
-    """Point CURRENT at a committed version (one atomic object write)."""
-    store.manifest(_version_dir(version))   # StorageError unless committed
-    store.write_json(CURRENT, {"version": version, "updated": datetime.now(timezone.utc).isoformat()})
-
-
-def current_version(store: Store) -> str:
-    if not store.exists(CURRENT):
-        raise NoIndexError(f"no index built yet: run `guidedrec index` (no {store.full_uri(CURRENT)})")
-    return store.read_json(CURRENT)["version"]
+    return [v for v in store.list(INDEX) if v != "CURRENT" and store.is_committed(index_dir(v))]
 
 
 def version_manifest(store: Store, version: str | None = None) -> dict:
     """The manifest of `version` (None: CURRENT)."""
-    return store.manifest(_version_dir(version or current_version(store)))
+    return store.manifest(index_dir(version or current_version(store)))
 
 
 def load_index(store: Store, version: str | None = None) -> ItemIndex:
     """Load `version` (None: CURRENT) and check its id map against the manifest."""
     version = version or current_version(store)
-    vdir = _version_dir(version)
+    vdir = index_dir(version)
     manifest = store.manifest(vdir)
     table = store.read_parquet(f"{vdir}/{IDS_FILE}")
     ids = table.column("item_id").to_pylist()
@@ -110,7 +83,7 @@ def prune_versions(store: Store, keep: int) -> list[str]:
     live = current_version(store) if store.exists(CURRENT) else None
     doomed = [v for v in versions[:max(len(versions) - keep, 0)] if v != live]
     for version in doomed:
-        store.delete_dir(_version_dir(version))
+        store.delete_dir(index_dir(version))
     return doomed
 
 

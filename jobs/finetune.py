@@ -13,21 +13,24 @@ from pathlib import Path
 
 import typer
 
-from cluster import load_config
-from jobs.runner import run_job
+from cluster import load_config, store_from_config
+from cluster.layout import adapter_dir
+from jobs.runner import DATASET_HELP, run_job
 
 
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
          objective: str = typer.Option(..., help="scft | ger | tslrec"),
-         dataset: str = typer.Option(None, help="Override dataset.name"),
+         dataset: str = typer.Option(None, help=DATASET_HELP),
          max_steps: int = typer.Option(None, help="Override finetune.max_steps"),
-         out: str = typer.Option(..., help="Adapter directory to write: a local path or s3://bucket/prefix"),
+         out: str = typer.Option(None, help="Adapter directory to write: a local path or s3://bucket/prefix "
+                                 "(default: adapters/<dataset>-<objective> in the configured storage)"),
          resume: bool = typer.Option(False, help="Continue from the last checkpoint under --out"),
          overwrite: bool = typer.Option(False, help="Replace a committed adapter at --out")) -> None:
     """Fine-tune the configured LLM with LoRA and publish the adapter, loss curve and summary."""
-    from llm.finetune import finetune
+    from finetune import finetune
 
     cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
+    out = out or store_from_config(cfg).full_uri(adapter_dir(cfg, objective))
     finetune(cfg, objective, out, max_steps=max_steps, resume=resume, overwrite=overwrite)
 
 

@@ -1,4 +1,4 @@
-"""Build a FAISS index version from the committed embeddings run and make it CURRENT, or prune old versions.
+"""Build a FAISS index version from the live embeddings run and make it CURRENT, or prune old versions.
 
     python -m jobs.index --config ray_config.yaml
     python -m jobs.index --config ray_config.yaml --prune --keep 3
@@ -10,8 +10,9 @@ from pathlib import Path
 import typer
 
 from cluster import Config, Store, load_config, store_from_config
+from cluster.layout import INDEX, live_run
 from index import build_from_run, prune_versions, version_manifest
-from jobs.update import live_run
+from jobs.runner import DATASET_HELP
 
 
 def run_index(cfg: Config, store: Store | None = None) -> str:
@@ -19,20 +20,19 @@ def run_index(cfg: Config, store: Store | None = None) -> str:
     version = build_from_run(store, live_run(cfg, store), cfg.index)
     recall = version_manifest(store, version)["recall_at_10"]
     print(f"index {version} ({cfg.index.factory}, {cfg.index.metric}, recall@10 {recall}) is CURRENT "
-          f"under {store.full_uri('index')}", flush=True)
+          f"under {store.full_uri(INDEX)}", flush=True)
     return version
 
 
 def run_prune(cfg: Config, keep: int, store: Store | None = None) -> list[str]:
-    store = store or store_from_config(cfg)
-    removed = prune_versions(store, keep)
+    removed = prune_versions(store or store_from_config(cfg), keep)
     print(f"pruned {len(removed)} index versions (kept the newest {keep} and CURRENT)"
           + "".join(f"\n  {v}" for v in removed), flush=True)
     return removed
 
 
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
-         dataset: str = typer.Option(None, help="Override dataset.name"),
+         dataset: str = typer.Option(None, help=DATASET_HELP),
          prune: bool = typer.Option(False, help="Delete old index versions instead of building one"),
          keep: int = typer.Option(3, min=0, help="With --prune: how many of the newest versions to keep")) -> None:
     """Build the nearest-item index over the embeddings run (or, with --prune, delete old versions)."""

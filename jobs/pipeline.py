@@ -14,10 +14,12 @@ import typer
 from cluster import Config, init_ray, load_config, store_from_config
 from jobs.embed import run_embed
 from jobs.index import run_index
-from jobs.ingest import publish_catalog
 from index import similar_items
+from jobs.ingest import run_ingest
 from jobs.query import format_neighbours
-from jobs.train import run_train, wants_attributes
+from jobs.runner import DATASET_HELP
+from jobs.train import run_train
+from srs.catalog_training import wants_attributes
 
 
 def run_pipeline(cfg: Config, examples: int = 3) -> dict:
@@ -26,7 +28,7 @@ def run_pipeline(cfg: Config, examples: int = 3) -> dict:
     init_ray(cfg.ray)
     stage = _stages(5)
     stage("ingest")
-    _, cat = publish_catalog(cfg, store)
+    _, cat = run_ingest(cfg, store)
     stage("embed")
     summary = run_embed(cfg, store)
     if wants_attributes(cfg):  # the ger source reads attribute scores from a run of their own
@@ -55,7 +57,7 @@ def _stages(total: int):
 
 
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
-         dataset: str = typer.Option(None, help="Override dataset.name (e.g. amazon-scientific-mini)")) -> None:
+         dataset: str = typer.Option(None, help=DATASET_HELP)) -> None:
     """Run the whole pipeline on the configured catalog."""
     cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
     run_pipeline(cfg)

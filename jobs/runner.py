@@ -9,6 +9,8 @@ import typer
 
 from cluster import ConfigError, StorageError
 
+DATASET_HELP = ("Catalog to use (overrides dataset.name): synthetic, ml-100k, amazon-beauty or amazon-scientific-mini "
+                "(read from $DATA_ROOT), or a directory of items + interactions files (README: 'Your own catalog')")
 USER_ERRORS = (ConfigError, StorageError, FileNotFoundError, ValueError, KeyError)
 
 

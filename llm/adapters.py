@@ -55,3 +55,16 @@ def check_adapter(path: str, model_cfg: ModelConfig, name: str = "adapter") -> N
             if dim != expected:
                 raise AdapterError(f"adapter {name!r}: {key} has size {dim} where {model_cfg.path} has {expected}: "
                                    f"it was trained for another model")
+
+
+def parse_adapters(specs: list[str] | None) -> dict[str, str]:
+    """`name=path` pairs (or a bare path, named after its folder) -> {name: path}, checked before any work."""
+    adapters: dict[str, str] = {}
+    for spec in specs or []:
+        name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"adapter name {name!r} in {spec!r}: use letters, digits, '-' or '_'")
+        if name in adapters:
+            raise ValueError(f"adapter name {name!r} is given twice")
+        adapters[name] = path
+    return adapters

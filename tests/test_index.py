@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from cluster.config import IndexConfig
+from cluster.layout import read_parts
 from cluster.storage import StorageError, Store
 from index import (
     ItemIndex,
@@ -62,7 +63,7 @@ def write_run(store: Store, run: str, vectors: np.ndarray, *, commit: bool = Tru
             pa.array([False] * m), pa.array(["smollm2"] * m), pa.array([None] * m, pa.string()),
         ], schema=embedding_schema(d)))
     if commit:
-        store.commit(f"embeddings/{run}", {"dims": d, "rows": n, "catalog": catalog})
+        store.commit(f"embeddings/{run}", {"dims": d, "rows": n, "catalog": catalog, "parts": read_parts(store, run)[1]})
     return ids
 
 

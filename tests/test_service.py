@@ -1,7 +1,7 @@
 """The HTTP query service: endpoints, errors, auth, hot swap under load, Ray Serve hosting.
 
 Stored artefacts are real and tiny: a committed embeddings run, index versions built from it,
-and SRS models published with jobs.train.publish_model (random weights, except the slow test
+and SRS models published with srs.published.publish_model (random weights, except the slow test
 that trains one through Ray Train).
 """
 from __future__ import annotations
@@ -21,11 +21,12 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save as save_safetensors
 
 from cluster.config import IndexConfig, ServeConfig, SRSConfig
+from cluster.layout import is_version
 from cluster.storage import Store
 from index import Recommender, build_from_run, create_app, similar_items
-from jobs.train import publish_model
 from srs.data import pad_left
 from srs.fit import build_model
+from srs.published import publish_model
 from tests.ports import free_port
 from tests.test_index import clustered_vectors, write_run
 
@@ -44,7 +45,7 @@ def publish_random_model(store: Store, run: str, source: str, item_ids: list[str
     store.write_bytes(f"{ckpt}/model.safetensors", save_safetensors(model.state_dict()))
     store.write_json(f"{ckpt}/srs.json", {"source": source, "cfg": cfg.model_dump(), "metrics": {}})
     result = SimpleNamespace(checkpoint=store.path(ckpt), test={}, valid={}, best_epoch=0)
-    publish_model(store, f"models/{run}/{source}", result, item_ids)
+    publish_model(store, run, source, result, item_ids)
     return model
 
 
@@ -82,7 +83,7 @@ def test_healthz_and_openapi(client, world):
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["version"] == world.version and health["count"] == N_ITEMS
     assert health["run"] == RUN and health["dims"] == DIMS and health["metric"] == "cosine"
-    assert f"models/{RUN}/llmemb/v" in health["model"]
+    assert f"models/{RUN}/llmemb/" in health["model"]
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/healthz", "/items/{item_id}/similar", "/search", "/recommend"} <= set(paths)
 
@@ -114,7 +115,7 @@ def test_search_by_vector(client, world):
 def test_recommend_returns_the_models_ranking(client, world):
     seq = world.model_ids[10:14]
     body = client.post("/recommend", json={"items": seq, "k": 6}).json()
-    assert f"models/{RUN}/llmemb/v" in body["model"] and body["version"] == world.version
+    assert f"models/{RUN}/llmemb/" in body["model"] and body["version"] == world.version
     ids, scores = expected_recommendations(world.models["llmemb"], world.model_ids, seq, 6, set(seq))
     assert [r["item_id"] for r in body["items"]] == ids
     np.testing.assert_allclose([r["score"] for r in body["items"]], scores, rtol=1e-4, atol=1e-5)
@@ -129,7 +130,7 @@ def test_recommend_returns_the_models_ranking(client, world):
 def test_recommend_with_the_configured_source(world):
     app = create_app(world.store, ServeConfig(model_source="id"))
     body = TestClient(app).post("/recommend", json={"items": world.model_ids[:3], "k": 3}).json()
-    assert f"models/{RUN}/id/v" in body["model"]
+    assert f"models/{RUN}/id/" in body["model"]
     ids, _ = expected_recommendations(world.models["id"], world.model_ids, world.model_ids[:3], 3, set(world.model_ids[:3]))
     assert [r["item_id"] for r in body["items"]] == ids
 
@@ -168,7 +169,7 @@ def test_republishing_never_changes_the_files_of_a_loaded_version(tmp_path):
     assert loaded.where.endswith(first) and Recommender.load(store, rel).where.endswith(second)
     assert Recommender.load(store, rel).model.items.table().shape[1] == 8
     publish_random_model(store, RUN, "id", ids)
-    assert sorted(n for n in store.list(rel) if n.startswith("v")) == sorted([second, store.manifest(rel)["version"]])
+    assert sorted(n for n in store.list(rel) if is_version(n)) == sorted([second, store.manifest(rel)["version"]])
 
 
 @pytest.mark.parametrize("method, path, payload, status, message", [
@@ -374,8 +375,8 @@ def test_trained_model_recommends_the_next_item(ray_local, tmp_path):
     cfg = SMALL.model_copy(update={"align_alpha": 0.0})   # no alignment: no ID model to pre-train first
     result = train_srs(sequences, ids, cfg, "llmemb", item_embeddings=cycle_embeddings(),
                        storage_path=store.path("ray-train/cyc"), storage_filesystem=store.fs)
-    publish_model(store, "models/cyc/llmemb", result, ids)
+    publish_model(store, "cyc", "llmemb", result, ids)
 
     body = TestClient(create_app(store, ServeConfig())).post("/recommend", json={"items": ids[5:8], "k": 10}).json()
-    assert "models/cyc/llmemb/v" in body["model"]
+    assert "models/cyc/llmemb/" in body["model"]
     assert ids[8] in [r["item_id"] for r in body["items"]]

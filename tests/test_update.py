@@ -20,9 +20,11 @@ from cluster import Store, load_config
 from cluster.config import DatasetConfig
 from index import (build_from_run, current_version, item_titles, list_versions, load_index, similar_items,
                    version_manifest)
+from catalog.changes import read_deletions
+from index.update import COPY_PART
 from jobs.embed import run_embed
 from jobs.index import run_index
-from jobs.update import COPY_PART, run_update
+from jobs.update import run_update
 
 BASE, CHANGED, NEW, DELETED = 100, 5, 2, 1   # 5% changed, 2% new, 1% deleted
 TEXT = ["item_id", "title", "categories", "brand"]
@@ -219,8 +221,6 @@ def test_a_change_feed_touches_only_its_items(world):
     feed.write_text(json.dumps({**changed, "title": changed["title"] + " (refill)"}) + "\n")
     deletions = root / "gone.txt"
     deletions.write_text(f"# discontinued\n{gone}\n")
-    from jobs.update import read_deletions
-
     for deleted, message in (([gone, "NOT-AN-ITEM"], r"cannot delete 1 item\(s\) .*\['NOT-AN-ITEM'\]"),
                              ([changed["item_id"]], r"both updated and deleted")):
         with pytest.raises(ValueError, match=message):
@@ -246,3 +246,39 @@ def test_rebuilding_the_index_after_an_update_keeps_the_updated_items(world):
     assert version_manifest(store, version)["run"] == served
     assert sorted(load_index(store).ids) == sorted(store.read_parquet(f"catalog/{served}/items.parquet")["item_id"]
                                                    .to_pylist())
+
+
+@pytest.mark.slow
+def test_recommend_keeps_its_model_across_updates(world):
+    """Training after an update reads the updated run and publishes under the lineage; the service
+    then finds that model for every later update of the lineage, with no 409 in between."""
+    from fastapi.testclient import TestClient
+
+    from cluster.config import ServeConfig
+    from index import create_app
+    from jobs.train import run_train
+
+    store, root = world["store"], world["root"]
+    cfg = world["cfg"].model_copy(update={"srs": world["cfg"].srs.model_copy(update={
+        "sources": ["id"], "epochs": 2, "hidden_size": 16, "max_len": 8})})
+    served = version_manifest(store)["run"]
+    metrics = run_train(cfg, store)
+    assert set(metrics) == {"popularity", "id"}
+    published = store.manifest(f"models/{world['base_run']}/id")
+    model_items = store.read_parquet(f"models/{world['base_run']}/id/{published['version']}/items.parquet")
+    model_items = model_items["item_id"].to_pylist()
+    assert published["run"] == served and not set(world["deleted"]) & set(model_items)
+
+    app = create_app(store, ServeConfig())
+    history = model_items[:3]
+    with TestClient(app) as client:
+        before = client.post("/recommend", json={"items": history, "k": 5})
+        assert before.status_code == 200, before.text
+        feed = root / "recommend-feed.jsonl"
+        row = world["new_rows"][10]
+        feed.write_text(json.dumps({**row, "title": row["title"] + " (new pack)"}) + "\n")
+        update = run_update(cfg, feed, store, delta=True)
+        assert app.state.live.refresh() and app.state.live.snapshot.version == update["version"]
+        after = client.post("/recommend", json={"items": history, "k": 5})
+        assert after.status_code == 200, after.text
+        assert after.json()["model"] == before.json()["model"] and after.json()["version"] == update["version"]

@@ -23,12 +23,12 @@ from cluster.config import Config
 from cluster.runtime import has_gpu, init_ray
 from cluster.storage import MANIFEST, Store, store_from_config
 from llm.adapters import check_adapter
-from llm.finetune.ger import GER
-from llm.finetune.lora import FinetuneError, causal_lm_path, lora_model
-from llm.finetune.recipe import Batch, Job, Objective
-from llm.finetune.scft import SCFT
-from llm.finetune.state import load_checkpoint, read_outputs, save_checkpoint, write_loss_curve
-from llm.finetune.tslrec import TSLRec
+from finetune.ger import GER
+from finetune.lora import FinetuneError, causal_lm_path, lora_model
+from finetune.recipe import Batch, Job, Objective
+from finetune.scft import SCFT
+from finetune.state import load_checkpoint, read_outputs, save_checkpoint, write_loss_curve
+from finetune.tslrec import TSLRec
 
 OBJECTIVES: dict[str, type[Objective]] = {"scft": SCFT, "ger": GER, "tslrec": TSLRec}
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")

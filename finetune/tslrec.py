@@ -16,9 +16,7 @@ from a history of items it reads as SRS embeddings, then gives every item a know
 """
 from __future__ import annotations
 
-import hashlib
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -26,9 +24,9 @@ import torch
 
 from catalog import user_sequences
 from cluster.config import Config
-from llm.finetune.lora import backbone
-from llm.finetune.recipe import Batch, Job, Objective
-from llm.runs import run_name
+from finetune.lora import backbone
+from finetune.recipe import Batch, Job, Objective
+from cluster.layout import knowledge_run_name, read_parts, run_dir, run_name
 from llm.stages import embedding_schema
 
 ID_TABLE = "tslrec_id_items.safetensors"
@@ -42,22 +40,21 @@ def instruction(k: int) -> tuple[str, str]:
 def _published_id_table(job: Job, item_ids: list[str]) -> np.ndarray | None:
     """Item rows of the ID SASRec `guidedrec train` published for this data set, if it covers every item."""
     from cluster.storage import StorageError
-    from index.recommender import Recommender, find_model
     from srs.models import SASRec
+    from srs.published import find_model, load_model
 
-    run = run_name(job.cfg)  # where `guidedrec train` publishes
     try:
-        rel = find_model(job.store, run, "id")
-        rec = Recommender.load(job.store, rel)
-        if not isinstance(rec.model, SASRec):
+        rel = find_model(job.store, run_name(job.cfg), "id")   # where `guidedrec train` publishes
+        model, _, published_ids, _ = load_model(job.store, rel)
+        if not isinstance(model, SASRec):
             return None
     except (LookupError, OSError, ValueError, StorageError):
         return None
-    pos = {item: i for i, item in enumerate(rec.item_ids)}
+    pos = {item: i for i, item in enumerate(published_ids)}
     if any(i not in pos for i in item_ids):
         return None
     with torch.no_grad():
-        table = rec.model.items.table()[1:].numpy()
+        table = model.items.table()[1:].numpy()
     print(f"tslrec: using the published ID SASRec {job.store.full_uri(rel)}", flush=True)
     return table[[pos[i] for i in item_ids]]
 
@@ -162,8 +159,8 @@ class TSLRec(Objective):
     def publish(self, job: Job, outputs: dict[str, np.ndarray]) -> dict:
         """Write the knowledge embeddings as a committed embeddings run (read by llm.runs.read_run)."""
         cfg, store = job.cfg, job.store
-        run = f"{Path(cfg.dataset.name).name}-{Path(cfg.model.path).name}-tslrec"
-        rel = f"embeddings/{run}"
+        run = knowledge_run_name(cfg)
+        rel = run_dir(run)
         seen = set(job.catalog.interactions["item_id"].to_pylist())
         rows = [r for r in job.catalog.items.select(["item_id", "content_hash"]).to_pylist() if r["item_id"] in seen]
         vectors, dists = outputs["embeddings"], outputs["categories"]
@@ -183,7 +180,7 @@ class TSLRec(Objective):
             "run": run, "uri": store.full_uri(rel), "model": cfg.model.path, "engine": "hf", "adapters": ["tslrec"],
             "adapter_uri": job.out.uri, "objective": "tslrec", "rows": n, "dims": d, "categories": k, "truncated": 0,
             "created": time.time(),
-            "parts": {part: hashlib.sha256(store.read_bytes(f"{rel}/{part}")).hexdigest()},
+            "parts": read_parts(store, run)[1],
         })
         print(f"tslrec: {n} knowledge embeddings ({d} dims, {k} categories) -> {store.full_uri(rel)}", flush=True)
         return {"embeddings_run": run, "embeddings_uri": store.full_uri(rel), "categories": k}

@@ -3,7 +3,7 @@
 An objective (SCFT, GER, TSLRec) supplies only what differs: its training examples (built once
 on the driver), its extra trainable modules, its loss on a batch of examples, and optionally
 outputs computed after the last step and published with the adapter. The loop, checkpoints,
-resume, loss curve and publishing are shared (llm/finetune/trainer.py).
+resume, loss curve and publishing are shared (finetune/trainer.py).
 """
 from __future__ import annotations
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from catalog.prompts import clean_text, item_prompt
 from catalog.schemas import RESERVED_COLUMNS
 from cluster.config import Config
-from llm.finetune.lora import mean_pool, tokenize
-from llm.finetune.recipe import Batch, Job, Objective
+from finetune.lora import mean_pool, tokenize
+from finetune.recipe import Batch, Job, Objective
 
 
 def clauses(row: dict) -> list[tuple[str, str]]:

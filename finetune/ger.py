@@ -34,8 +34,8 @@ from cluster.config import Config, ModelConfig
 from llm.attributes import (SCALE, answer_probs, answer_tokens, attributes_for, most_likely_scores, score_request,
                              value_tokens)
 from llm.engines import padded
-from llm.finetune.lora import backbone
-from llm.finetune.recipe import Batch, Job, Objective
+from finetune.lora import backbone
+from finetune.recipe import Batch, Job, Objective
 
 TEACHER_CACHE = "ger_teacher.parquet"
 

@@ -1,0 +1,8 @@
+"""LoRA fine-tuning (SCFT, GER, TSLRec): one Ray Train loop, one recipe per objective.
+
+A package of its own between srs and index (cluster < catalog < llm < srs < finetune < index < jobs):
+the recipes need the LLM (llm) and TSLRec also an ID SASRec (srs)."""
+from finetune.lora import FinetuneError
+from finetune.trainer import OBJECTIVES, finetune
+
+__all__ = ["OBJECTIVES", "FinetuneError", "finetune"]

@@ -1,0 +1,137 @@
+"""Embed a catalog into an embeddings run: Ray Data shards the input blocks over a pool of engine
+actors (llm.stages), then the run is checked and committed by its manifest.
+
+The part files are keyed by input block (and adapter), so a retried block overwrites its own part
+and `resume` embeds only the blocks whose part is missing.
+"""
+from __future__ import annotations
+
+import time
+
+from catalog.publish import ensure_catalog
+from cluster.config import Config
+from cluster.layout import catalog_file, catalog_name, read_parts, run_dir, run_name
+from cluster.runtime import init_ray, node_cpus
+from cluster.storage import Store
+from llm.adapters import check_adapter
+from llm.attributes import attributes_for, raw_scores
+from llm.engines import pick_engine
+from llm.stages import BlockEmbedder, count_blocks, part_name
+
+
+def _actor_resources(cfg: Config) -> dict:
+    """CPUs per actor, capped so the driver's own tasks always keep a CPU (a full pool deadlocks Ray Data)."""
+    if cfg.embed.gpus_per_actor > 0:
+        return {"num_gpus": cfg.embed.gpus_per_actor, "num_cpus": min(cfg.embed.cpus_per_actor, 1.0)}
+    free = max(node_cpus() - 1.0, 0.5)
+    return {"num_cpus": min(cfg.embed.cpus_per_actor, free / cfg.embed.actors)}
+
+
+def embed_items(cfg: Config, store: Store, items_rel: str, run: str, domain: str,
+                adapters: dict[str, str] | None = None, resume: bool = False,
+                attributes: list[str] | None = None) -> dict:
+    """Embed every row of the items Parquet at `items_rel` (once per adapter, or with the base model)
+    into part files of embeddings run `run`, one per input block; not committed. With `resume`, blocks
+    whose part file exists are skipped, otherwise the run's directory starts empty.
+
+    Returns timings: start-up (until the first block is done, less its compute) apart from the
+    steady-state items/s measured between block completions."""
+    import ray
+    from tqdm import tqdm
+
+    init_ray(cfg.ray)
+    adapters = adapters or {}
+    for name, path in adapters.items():
+        check_adapter(path, cfg.model, name)
+    out_rel = run_dir(run)
+    if not resume:
+        store.delete_dir(out_rel)
+    done = set(store.list(out_rel))
+    blocks = count_blocks(store, items_rel)
+    names = sorted(adapters) or [""]
+    tasks = [{"block": b, "adapter": a} for b in range(len(blocks)) for a in names
+             if part_name(b, a or None) not in done]
+    total = sum(blocks) * len(names)
+    if not tasks:
+        return {"embedded": 0, "startup_s": 0.0, "steady_items_s": None}
+    started = time.perf_counter()
+    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+    ds = ds.map_batches(
+        BlockEmbedder,
+        fn_constructor_kwargs={"model_cfg": cfg.model, "threads": cfg.embed.threads_per_actor, "store": store,
+                               "items_rel": items_rel, "out_rel": out_rel, "domain": domain,
+                               "batch_size": cfg.embed.batch_size, "adapters": adapters,
+                               "attributes": attributes},
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.embed.actors, len(tasks))),
+        batch_size=1,  # Ray Data replaces a dead actor and retries its block: parts are overwritten, never doubled
+        **_actor_resources(cfg),
+    )
+    initial = total - sum(blocks[t["block"]] for t in tasks)
+    arrivals, rows, first_compute = [], [], 0.0
+    with tqdm(total=total, initial=initial, unit="item", desc="embed", mininterval=2, smoothing=0.1) as bar:
+        for row in ds.iter_rows():
+            arrivals.append(time.perf_counter())
+            rows.append(int(row["rows"]))
+            first_compute = first_compute or float(row["seconds"])
+            bar.update(rows[-1])
+    # From when the first block began computing to the last result: never shorter than one block's work,
+    # so blocks finishing together cannot inflate the rate.
+    compute_started = arrivals[0] - first_compute
+    steady = sum(rows) / (arrivals[-1] - compute_started)
+    return {"embedded": sum(rows), "startup_s": round(compute_started - started, 2),
+            "steady_items_s": round(steady, 2)}
+
+
+def commit_run(cfg: Config, store: Store, run: str, *, catalog_rel: str, expected_rows: int, started: float,
+               parent: str | None = None, extra: dict | None = None) -> dict:
+    """Check the run's part files hold each (item, adapter) exactly once, then write its manifest (the commit).
+
+    `extra` adds caller fields; one that would replace a computed field (say `rows`) is refused, so a caller's
+    per-pass figure can never pass for the run's."""
+    extra = extra or {}
+    table, parts = read_parts(store, run)
+    keys = set(zip(table["item_id"].to_pylist(), table["adapter"].to_pylist()))
+    if table.num_rows != expected_rows or len(keys) != expected_rows:
+        raise RuntimeError(f"embeddings run {run} holds {table.num_rows} rows ({len(keys)} unique) "
+                           f"for {expected_rows} expected: not committed")
+    seconds = time.time() - started
+    summary = {
+        "run": run, "uri": store.full_uri(run_dir(run)), "catalog": catalog_rel, "model": cfg.model.path,
+        "engine": pick_engine(cfg.model), "adapters": sorted({a for a in table["adapter"].to_pylist() if a}),
+        "parent": parent, "rows": table.num_rows, "dims": table.schema.field("embedding").type.list_size,
+        "truncated": int(sum(table["truncated"].to_pylist())), "seconds": round(seconds, 2),
+        "items_per_s": round(table.num_rows / seconds, 2), "parts": parts,
+    }
+    if "attributes" in table.column_names:
+        summary["attributes"] = _attribute_stats(table, extra["attribute_names"])
+    if clash := sorted(summary.keys() & extra.keys()):
+        raise ValueError(f"embeddings run {run}: extra manifest fields {clash} would replace computed ones: "
+                         "not committed")
+    summary |= extra
+    store.commit(run_dir(run), summary)
+    return summary
+
+
+def _attribute_stats(table, names: list[str]) -> dict:
+    """Per-attribute mean/std over the run: a glance at whether the scorer discriminates at all."""
+    raw = raw_scores(table["attributes"].to_pylist(), len(names))
+    return {"names": names, "mean": raw.mean(0).tolist(), "std": raw.std(0).tolist()}
+
+
+def embed_catalog(cfg: Config, store: Store, overwrite: bool = False, adapters: dict[str, str] | None = None,
+                  resume: bool = False, attributes: bool = False) -> tuple[dict, bool]:
+    """Embed the configured catalog (publishing it first if needed; with `attributes`, also score the
+    GER attributes) and commit the run. Returns (its manifest, whether it was embedded now): a
+    committed run is left as it is unless `overwrite`."""
+    run = run_name(cfg, adapters, attributes)
+    if store.is_committed(run_dir(run)) and not overwrite:
+        return store.manifest(run_dir(run)), False
+    started = time.time()
+    cat = ensure_catalog(cfg, store)
+    items = catalog_file(catalog_name(cfg))
+    names = attributes_for(cat["domain"], cfg.embed.attributes) if attributes else None
+    timing = embed_items(cfg, store, items, run, cat["domain"], adapters, resume=resume and not overwrite,
+                         attributes=names)
+    summary = commit_run(cfg, store, run, catalog_rel=items, expected_rows=cat["items"] * max(len(adapters or {}), 1),
+                         started=started, extra={"quarantined": cat["quarantined"], "attribute_names": names, **timing})
+    return summary, True
