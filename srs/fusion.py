@@ -179,27 +179,29 @@ class GuidedEmbedding(ItemEmbedding):
         return torch.cat([with_padding_row(self.guided * self.attribute_weight), self.base.table()], dim=1)
 
 
-def squared_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """[n, k] squared Euclidean distances, without an [n, k, d] intermediate."""
-    return np.maximum((x * x).sum(1)[:, None] - 2 * x @ centers.T + (centers * centers).sum(1)[None], 0)
+def kmeans_pp_centres(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding: each next centre drawn with probability proportional to its squared
+    distance from the nearest centre so far."""
+    centres = x[[rng.integers(len(x))]]
+    for _ in range(k - 1):
+        d2 = np.maximum((x * x).sum(1)[:, None] - 2 * x @ centres.T + (centres * centres).sum(1)[None], 0).min(1)
+        pick = rng.choice(len(x), p=d2 / d2.sum()) if d2.sum() > 0 else rng.integers(len(x))
+        centres = np.vstack([centres, x[pick]])
+    return centres
 
 
 def latent_categories(x: np.ndarray, k: int, seed: int = 0, iterations: int = 25) -> np.ndarray:
-    """TSLRec's step 1: k-means (k-means++ seeding, Lloyd iterations) of item embeddings;
-    [n] cluster label per row."""
-    rng = np.random.default_rng(seed)
-    x = x.astype(np.float64)
+    """TSLRec's step 1: k-means of item embeddings (faiss, which splits a large cluster when one
+    empties), from k-means++ centres; [n] cluster label per row."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
     k = min(k, len(x))
-    centers = x[[rng.integers(len(x))]]
-    for _ in range(k - 1):
-        d2 = squared_distances(x, centers).min(1)
-        pick = rng.choice(len(x), p=d2 / d2.sum()) if d2.sum() > 0 else rng.integers(len(x))
-        centers = np.vstack([centers, x[pick]])
-    for _ in range(iterations):
-        labels = squared_distances(x, centers).argmin(1)
-        for c in np.unique(labels):
-            centers[c] = x[labels == c].mean(0)
-    return squared_distances(x, centers).argmin(1)
+    kmeans = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, max_points_per_centroid=len(x),
+                          min_points_per_centroid=1)
+    centres = kmeans_pp_centres(x.astype(np.float64), k, np.random.default_rng(seed))
+    kmeans.train(x, init_centroids=centres.astype(np.float32))
+    return kmeans.index.search(x, 1)[1][:, 0]
 
 
 class KnowledgeGate(ItemEmbedding):

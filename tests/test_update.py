@@ -254,13 +254,16 @@ def test_recommend_keeps_its_model_across_updates(world):
     then finds that model for every later update of the lineage, with no 409 in between."""
     from fastapi.testclient import TestClient
 
+    from catalog.publish import publish_catalog
     from cluster.config import ServeConfig
     from index import create_app
     from jobs.train import run_train
 
     store, root = world["store"], world["root"]
-    cfg = world["cfg"].model_copy(update={"srs": world["cfg"].srs.model_copy(update={
-        "sources": ["id"], "epochs": 2, "hidden_size": 16, "max_len": 8})})
+    cfg = world["cfg"].model_copy(update={
+        "srs": world["cfg"].srs.model_copy(update={"sources": ["id"], "epochs": 2, "hidden_size": 16, "max_len": 8}),
+        "dataset": world["cfg"].dataset.model_copy(update={"min_interactions": 1})})
+    publish_catalog(cfg, store)   # the 100-item subset keeps no 5-core: train on every interaction of its items
     served = version_manifest(store)["run"]
     metrics = run_train(cfg, store)
     assert set(metrics) == {"popularity", "id"}
