@@ -145,8 +145,8 @@ class ServeConfig(_Section):
     poll_seconds: float = Field(5.0, gt=0, description="How often storage is checked for a new CURRENT index or SRS model.")
     max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
     model_source: str | None = Field(
-        None, description="Embedding source of the SRS model /recommend uses, e.g. id (None: llmemb if "
-        "published, else id, else any).")
+        None, description="Embedding source of the SRS model /recommend uses, e.g. id (None: the published "
+        "source with the best validation NDCG@10).")
 
 
 class FinetuneConfig(_Section):

@@ -45,7 +45,7 @@ def _published_id_table(job: Job, item_ids: list[str]) -> np.ndarray | None:
 
     try:
         rel = find_model(job.store, run_name(job.cfg), "id")   # where `guidedrec train` publishes
-        model, _, published_ids, _ = load_model(job.store, rel)
+        model, _, published_ids, _, _ = load_model(job.store, rel)
         if not isinstance(model, SASRec):
             return None
     except (LookupError, OSError, ValueError, StorageError):

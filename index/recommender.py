@@ -13,18 +13,19 @@ from srs.published import load_model
 class Recommender:
     """A trained SRS model (any backbone) in eval mode plus the map between catalog ids and its item indices."""
 
-    def __init__(self, model: torch.nn.Module, max_len: int, item_ids: list[str], where: str):
+    def __init__(self, model: torch.nn.Module, max_len: int, item_ids: list[str], source: str, where: str):
         self.model = model
         self.max_len = max_len
         self.item_ids = item_ids
+        self.source = source
         self.where = where
         self._index = {item: i + 1 for i, item in enumerate(item_ids)}   # 0 is padding
 
     @classmethod
     def load(cls, store: Store, rel: str) -> "Recommender":
         """The model published at `rel` (its manifest's version)."""
-        model, cfg, item_ids, where = load_model(store, rel)
-        return cls(model, cfg.max_len, item_ids, where)
+        model, cfg, item_ids, source, where = load_model(store, rel)
+        return cls(model, cfg.max_len, item_ids, source, where)
 
     def encode(self, items: Iterable[str]) -> list[int]:
         """Model indices of catalog ids; an id the model never saw is a KeyError naming it."""

@@ -145,6 +145,7 @@ class ScoredItem(BaseModel):
 class ItemsResponse(BaseModel):
     version: str = Field(description="The index version that answered.")
     model: str | None = Field(None, description="The SRS model that answered (/recommend only).")
+    source: str | None = Field(None, description="Its embedding source, e.g. id or llmemb (/recommend only).")
     items: list[ScoredItem]
 
 
@@ -169,6 +170,7 @@ class Health(BaseModel):
     metric: str | None = None
     dims: int | None = None
     model: str | None = None
+    source: str | None = Field(None, description="Embedding source of the served SRS model.")
     detail: str | None = None
 
 
@@ -229,7 +231,8 @@ def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
             return JSONResponse(Health(status="no index", detail=live.waiting_for).model_dump(), status_code=503)
         return Health(status="ok", version=snap.version, count=len(snap.index), run=snap.manifest["run"],
                       metric=snap.index.metric, dims=snap.index.dims,
-                      model=snap.model.where if snap.model else None, detail=snap.model_problem)
+                      model=snap.model.where if snap.model else None,
+                      source=snap.model.source if snap.model else None, detail=snap.model_problem)
 
     @api.get("/items/{item_id}/similar")
     def similar(item_id: str, k: int = Query(10, ge=1), exclude: str = Query(
@@ -273,7 +276,7 @@ def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
             ids, scores = snap.model.recommend(req.items, req.k, excluded)
         except KeyError as e:
             raise HTTPException(404, e.args[0]) from None
-        return ItemsResponse(version=snap.version, model=snap.model.where,
+        return ItemsResponse(version=snap.version, model=snap.model.where, source=snap.model.source,
                              items=_scored(snap, ids, scores, set(), req.k))
 
     app.include_router(api)

@@ -20,7 +20,6 @@ from cluster.storage import Store
 from srs.fit import build_model
 from srs.models import SeqRecommender
 
-PREFERRED_SOURCES = ("llmemb", "id")   # LLM-guided first (what this project is for), then any other
 FILES = ("model.safetensors", "srs.json")
 
 
@@ -49,17 +48,19 @@ def publish_model(store: Store, run: str, source: str, result, item_ids: list[st
 
 
 def find_model(store: Store, run: str, source: str | None = None) -> str:
-    """The committed model folder of `run`'s lineage for `source`; None picks llmemb if published,
-    else id, else any published source."""
+    """The committed model folder of `run`'s lineage for `source`; None picks the published source
+    with the best validation NDCG@10 (what its training measured, recorded in its manifest)."""
     root = models_dir(run)
-    published = [s for s in store.list(root) if store.is_committed(f"{root}/{s}")]
-    for candidate in [source] if source else [*PREFERRED_SOURCES, *published]:
-        if candidate in published:
-            return f"{root}/{candidate}"
+    published = {s: store.manifest(f"{root}/{s}") for s in store.list(root) if store.is_committed(f"{root}/{s}")}
+    if source in published:
+        return f"{root}/{source}"
     if source:
         raise NoModelError(f"no trained {source!r} SRS model under {store.full_uri(root)}/ (published: "
                            f"{', '.join(published) or 'none'}): run `guidedrec train` with srs.sources including {source}")
-    raise NoModelError(f"no trained SRS model under {store.full_uri(root)}/: run `guidedrec train`")
+    if not published:
+        raise NoModelError(f"no trained SRS model under {store.full_uri(root)}/: run `guidedrec train`")
+    best = max(sorted(published), key=lambda s: published[s].get("valid", {}).get("NDCG@10", float("-inf")))
+    return f"{root}/{best}"
 
 
 def stand_in_inputs(source: str, n_items: int, cfg: SRSConfig, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -78,8 +79,8 @@ def stand_in_inputs(source: str, n_items: int, cfg: SRSConfig, state: dict[str, 
     return {}
 
 
-def load_model(store: Store, rel: str) -> tuple[SeqRecommender, SRSConfig, list[str], str]:
-    """(model in eval mode, its config, its item ids, its URI) of the model published at `rel`."""
+def load_model(store: Store, rel: str) -> tuple[SeqRecommender, SRSConfig, list[str], str, str]:
+    """(model in eval mode, its config, its item ids, its source, its URI) of the model published at `rel`."""
     rel = f"{rel}/{store.manifest(rel)['version']}"
     meta = store.read_json(f"{rel}/srs.json")
     cfg = SRSConfig.model_validate(meta["cfg"])
@@ -87,4 +88,4 @@ def load_model(store: Store, rel: str) -> tuple[SeqRecommender, SRSConfig, list[
     item_ids = store.read_parquet(f"{rel}/items.parquet", columns=["item_id"]).column("item_id").to_pylist()
     model = build_model(meta["source"], len(item_ids), cfg, **stand_in_inputs(meta["source"], len(item_ids), cfg, state))
     model.load_state_dict(state)
-    return model.eval(), cfg, item_ids, store.full_uri(rel)
+    return model.eval(), cfg, item_ids, meta["source"], store.full_uri(rel)

@@ -37,14 +37,15 @@ MAX_K = 50
 
 
 def publish_random_model(store: Store, run: str, source: str, item_ids: list[str], cfg: SRSConfig = TINY,
-                         **inputs: np.ndarray) -> torch.nn.Module:
-    """An untrained model published exactly as `guidedrec train` publishes a trained one."""
+                         valid_ndcg: float = 0.0, **inputs: np.ndarray) -> torch.nn.Module:
+    """An untrained model published exactly as `guidedrec train` publishes a trained one, with the
+    validation NDCG@10 its training would have measured."""
     torch.manual_seed(0)
     model = build_model(source, len(item_ids), cfg, **inputs).eval()
     ckpt = f"ray-train/{run}/{source}"
     store.write_bytes(f"{ckpt}/model.safetensors", save_safetensors(model.state_dict()))
     store.write_json(f"{ckpt}/srs.json", {"source": source, "cfg": cfg.model_dump(), "metrics": {}})
-    result = SimpleNamespace(checkpoint=store.path(ckpt), test={}, valid={}, best_epoch=0)
+    result = SimpleNamespace(checkpoint=store.path(ckpt), test={}, valid={"NDCG@10": valid_ndcg}, best_epoch=0)
     publish_model(store, run, source, result, item_ids)
     return model
 
@@ -58,8 +59,9 @@ def world(tmp_path_factory):
     ids = write_run(store, RUN, vectors)
     version = build_from_run(store, RUN, IndexConfig())
     model_ids = ids[:250]
-    models = {"id": publish_random_model(store, RUN, "id", model_ids),
-              "llmemb": publish_random_model(store, RUN, "llmemb", model_ids, item_embeddings=vectors[:250])}
+    models = {"id": publish_random_model(store, RUN, "id", model_ids, valid_ndcg=0.1),
+              "llmemb": publish_random_model(store, RUN, "llmemb", model_ids, valid_ndcg=0.2,
+                                             item_embeddings=vectors[:250])}
     return SimpleNamespace(store=store, ids=ids, vectors=vectors, version=version, model_ids=model_ids, models=models)
 
 
@@ -83,7 +85,7 @@ def test_healthz_and_openapi(client, world):
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["version"] == world.version and health["count"] == N_ITEMS
     assert health["run"] == RUN and health["dims"] == DIMS and health["metric"] == "cosine"
-    assert f"models/{RUN}/llmemb/" in health["model"]
+    assert f"models/{RUN}/llmemb/" in health["model"] and health["source"] == "llmemb"   # best validation NDCG@10
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/healthz", "/items/{item_id}/similar", "/search", "/recommend"} <= set(paths)
 
@@ -115,7 +117,7 @@ def test_search_by_vector(client, world):
 def test_recommend_returns_the_models_ranking(client, world):
     seq = world.model_ids[10:14]
     body = client.post("/recommend", json={"items": seq, "k": 6}).json()
-    assert f"models/{RUN}/llmemb/" in body["model"] and body["version"] == world.version
+    assert f"models/{RUN}/llmemb/" in body["model"] and body["version"] == world.version and body["source"] == "llmemb"
     ids, scores = expected_recommendations(world.models["llmemb"], world.model_ids, seq, 6, set(seq))
     assert [r["item_id"] for r in body["items"]] == ids
     np.testing.assert_allclose([r["score"] for r in body["items"]], scores, rtol=1e-4, atol=1e-5)
@@ -133,6 +135,21 @@ def test_recommend_with_the_configured_source(world):
     assert f"models/{RUN}/id/" in body["model"]
     ids, _ = expected_recommendations(world.models["id"], world.model_ids, world.model_ids[:3], 3, set(world.model_ids[:3]))
     assert [r["item_id"] for r in body["items"]] == ids
+
+
+def test_the_served_source_follows_the_best_validation_ndcg(tmp_path):
+    """With no serve.model_source, a newly published source that validated better replaces the served one."""
+    store = Store(str(tmp_path / "store"))
+    ids = write_run(store, RUN, clustered_vectors(40, DIMS, clusters=4))
+    build_from_run(store, RUN, IndexConfig())
+    publish_random_model(store, RUN, "llmemb", ids, valid_ndcg=0.05, item_embeddings=np.ones((40, DIMS), np.float32))
+    app = create_app(store, ServeConfig())
+    with TestClient(app) as client:
+        assert client.get("/healthz").json()["source"] == "llmemb"
+        publish_random_model(store, RUN, "id", ids, valid_ndcg=0.07)
+        assert app.state.live.refresh()
+        assert client.get("/healthz").json()["source"] == "id"
+        assert client.post("/recommend", json={"items": ids[:2], "k": 2}).json()["source"] == "id"
 
 
 @pytest.mark.parametrize("backbone, source", [("sasrec", s) for s in ("id", "llm-frozen", "llmemb", "ger", "tslrec")]
