@@ -19,9 +19,12 @@ def clean_id(value: Any) -> str | None:
 
 
 class ItemCollector:
-    """Keeps the first usable row per item id; every other row goes to quarantine with its reason."""
+    """Keeps the first usable row per item id; every other row goes to quarantine with its reason.
+    `keep_textless` keeps items without any text (a benchmark's interactions name them, and the
+    literature's split counts them); their prompt is their id."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_textless: bool = False) -> None:
+        self.keep_textless = keep_textless
         self._kept: dict[str, dict[str, str | None]] = {}
         self._rejected: list[dict[str, str | None]] = []
 
@@ -42,7 +45,7 @@ class ItemCollector:
             reason = "malformed row: no item_id"
         elif item_id in self._kept:
             reason = "duplicate item_id"
-        elif not any(text.values()):
+        elif not any(text.values()) and not self.keep_textless:
             reason = "no text"
         else:
             self._kept[item_id] = text

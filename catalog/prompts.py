@@ -26,12 +26,15 @@ def clean_text(value: Any) -> str | None:
 
 
 def _attributes(item: dict[str, Any]) -> list[tuple[str, str]]:
-    """(column, text) pairs that reach the prompt, in column order."""
+    """(column, text) pairs that reach the prompt, in column order; an item with no text at all (kept
+    by a benchmark loader, whose interactions name it) is described by its id alone."""
     pairs = []
     for name, value in item.items():
         text = None if name in RESERVED_COLUMNS else clean_text(value)
         if text:
             pairs.append((name, text))
+    if not pairs and clean_text(item.get("item_id")):
+        pairs.append(("id", clean_text(item["item_id"])))
     return pairs
 
 
@@ -51,6 +54,7 @@ def item_prompt(item: dict[str, Any], domain: str) -> str:
 
 
 def content_hash(item: dict[str, Any]) -> str:
-    """sha256 hex of the prompt-relevant (column, text) pairs; ignores item_id so renamed ids reuse embeddings."""
+    """sha256 hex of the prompt-relevant (column, text) pairs; ignores item_id (so renamed ids reuse
+    embeddings) unless the id is all the prompt has."""
     payload = json.dumps(_attributes(item), separators=(",", ":"))
     return hashlib.sha256(payload.encode("ascii")).hexdigest()

@@ -50,6 +50,8 @@ def _assert_well_formed(catalog) -> None:
     for row in catalog.items.to_pylist():
         assert row["content_hash"] == content_hash(row)
         assert row.get("title") is None or row["title"] in item_prompt(row, catalog.domain)
+        if not any(v for k, v in row.items() if k not in ("item_id", "content_hash")):
+            assert item_prompt(row, catalog.domain).endswith(f"id is {row['item_id']}.")
 
 
 # ---------------------------------------------------------------- public data sets
@@ -58,8 +60,8 @@ def _assert_well_formed(catalog) -> None:
 @pytest.mark.parametrize("name, users, items, interactions, catalog_items, quarantined, dropped", [
     # item 267 ("unkonwn unkonwn unknown") has no text -> quarantined, its 9 ratings dropped
     ("ml-100k", 943, 1348, 99278, 1681, 1, 9),
-    # 7 items have an empty title in items.tsv -> quarantined; 131 interactions on them dropped, then 5-core
-    ("amazon-beauty", 22332, 12086, 198215, 12094, 7, 131),
+    # the literature's split: the 7 items with an empty title stay (prompted by their ASIN)
+    ("amazon-beauty", 22363, 12101, 198502, 12101, 0, 0),
     ("amazon-scientific-mini", 2928, 1585, 19712, 1585, 0, 0),
 ])
 def test_public_counts(real, name, users, items, interactions, catalog_items, quarantined, dropped):
@@ -283,8 +285,11 @@ def test_item_prompt():
     assert item_prompt(item, "movie") == "The movie item has the following attributes: title is Toy Story; release year is 1995."
     described = {"title": "Lamp", "description": "Bright. Warm."}
     assert item_prompt(described, "product").endswith("description is Bright. Warm.")  # no double full stop
+    textless = {"item_id": "9", "title": None}
+    assert item_prompt(textless, "movie") == "The movie item has the following attributes: id is 9."
+    assert content_hash(textless) != content_hash(textless | {"item_id": "10"})   # the id is its whole text
     with pytest.raises(ValueError, match="no text"):
-        item_prompt({"item_id": "9", "title": None}, "movie")
+        item_prompt({"item_id": None, "title": None}, "movie")
     table = pa.table({"item_id": ["9"], "title": ["t"], "year": ["1"], "content_hash": ["h"]})
     assert prompt_columns(table) == ["title", "year"]
 
