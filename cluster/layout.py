@@ -152,31 +152,35 @@ def live_catalog_file(cfg: Config, store: Store) -> str:
 
 
 # -- embeddings runs: commit and read exactly the committed parts ----------------------------------
-def read_parts(store: Store, run: str) -> tuple[pa.Table, dict[str, str]]:
-    """Every part file now under embeddings/<run> as one table, with each part's SHA-256 taken from
-    the same bytes the table was parsed from (what a commit records)."""
+def read_parts(store: Store, run: str, names: list[str] | None = None,
+               columns: list[str] | None = None) -> tuple[pa.Table, dict[str, str]]:
+    """Part files of embeddings/<run> (`names`, or every part now there) as one table, with each
+    part's SHA-256 taken from the very bytes the table was parsed from: each part is read once."""
     rel = run_dir(run)
-    names = [n for n in store.list(rel) if n.endswith(".parquet")]
+    names = names if names is not None else [n for n in store.list(rel) if n.endswith(".parquet")]
     if not names:
         raise StorageError(f"no Parquet part files under {store.full_uri(rel)}")
     tables, hashes = [], {}
     for name in names:
         data = store.read_bytes(f"{rel}/{name}")
         hashes[name] = hashlib.sha256(data).hexdigest()
-        tables.append(pq.read_table(io.BytesIO(data)))
+        tables.append(pq.read_table(io.BytesIO(data), columns=columns))
     return pa.concat_tables(tables), hashes
 
 
 def read_committed_run(store: Store, run: str, columns: list[str] | None = None) -> tuple[pa.Table, dict]:
-    """(rows, manifest) of a committed run: exactly the parts its manifest lists, in one read."""
+    """(rows, manifest) of a committed run: exactly the parts its manifest lists, each checked
+    against its recorded hash, and the row count against the manifest's."""
     rel = run_dir(run)
     manifest = store.manifest(rel)   # StorageError unless committed
     parts = manifest.get("parts")
     if not parts:
         raise StorageError(f"{store.full_uri(rel)}: its manifest lists no part files")
-    paths = [store.path(f"{rel}/{name}") for name in sorted(parts)]
-    try:
-        table = pq.read_table(paths, columns=columns, filesystem=store.fs)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise StorageError(f"cannot read embeddings run {store.full_uri(rel)}: {e}") from None
+    table, hashes = read_parts(store, run, sorted(parts), columns)
+    changed = [name for name in sorted(parts) if hashes[name] != parts[name]]
+    if changed:
+        raise StorageError(f"{store.full_uri(rel)}: part {changed[0]} differs from the one committed "
+                           f"({len(changed)} changed): re-embed with --overwrite")
+    if table.num_rows != manifest.get("rows", table.num_rows):
+        raise StorageError(f"{store.full_uri(rel)}: {table.num_rows} rows, the manifest says {manifest['rows']}")
     return table, manifest

@@ -273,6 +273,19 @@ def test_missing_or_uncommitted_run_is_refused(tmp_path):
     assert not store.exists("index")
 
 
+def test_a_run_whose_parts_changed_after_commit_is_refused(tmp_path):
+    """Readers read exactly the committed parts and check each against its recorded hash."""
+    store = Store(str(tmp_path / "s"))
+    write_run(store, "r", random_vectors(20, 4))
+    store.write_bytes("embeddings/r/part-000001.parquet", store.read_bytes("embeddings/r/part-000000.parquet"))
+    with pytest.raises(StorageError, match="part part-000001.parquet differs from the one committed"):
+        build_from_run(store, "r", IndexConfig())
+    store.fs.delete_file(store.path("embeddings/r/part-000001.parquet"))
+    with pytest.raises(StorageError, match="cannot read .*embeddings/r/part-000001.parquet"):
+        build_from_run(store, "r", IndexConfig())
+    assert not store.exists("index")
+
+
 def test_run_dims_must_match_manifest(tmp_path):
     store = Store(str(tmp_path / "s"))
     write_run(store, "r", random_vectors(20, 4))
