@@ -91,7 +91,8 @@ class IndexConfig(_Section):
 
 class SRSConfig(_Section):
     model: Literal["sasrec", "gru4rec", "bert4rec"] = "sasrec"
-    sources: list[Literal["id", "llm-frozen", "llmemb", "ger", "tslrec"]] = Field(default_factory=lambda: ["id", "llmemb"])
+    sources: list[Literal["id", "llm-frozen", "llmemb", "ger", "tslrec", "llmesr"]] = Field(
+        default_factory=lambda: ["id", "llmemb"])
     loss: Literal["bce", "ce"] | None = Field(
         None, description="sasrec/gru4rec: bce (one sampled negative) or ce (full softmax); None: bce. bert4rec: ce (cloze) only.")
     mask_prob: float = Field(0.2, gt=0, lt=1, description="BERT4Rec cloze masking probability.")
@@ -100,6 +101,9 @@ class SRSConfig(_Section):
     align_gamma: float = Field(1.0, gt=0, description="LLMEmb alignment InfoNCE temperature.")
     llmemb_adapter: bool = Field(True, description="False: LLMEmb 'no adapter' ablation (PCA straight to hidden_size).")
     llmemb_freeze: bool = Field(True, description="False: LLMEmb 'unfrozen LLM emb' ablation (PCA'd embeddings trained).")
+    id_init: Literal["random", "llm-pca"] = Field(
+        "random", description="The id source's table: N(0, 0.02), or initialised from the PCA of the LLM embeddings "
+        "(LLM-ESR's ID view; then it reads the embeddings run).")
     tslrec_clusters: int = Field(16, ge=2, description="TSLRec latent categories (k-means of the ID model's items).")
     hidden_size: int = Field(64, ge=8)
     max_len: int = Field(50, ge=2)

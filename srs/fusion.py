@@ -12,7 +12,13 @@ Sources are built from `SourceInputs`, whose matrices all have row i = item inde
   ID model's items; `llmemb_adapter` / `llmemb_freeze` / `align_alpha = 0` are Table 2's
   ablations (the fourth, "no SCFT", is only which LLM embeddings are passed in);
 - ger: GER's refined embedding, frozen normalized attribute scores beside a reduced ID table;
-- tslrec: TSLRec's knowledge embedding gated into the ID embedding.
+- tslrec: TSLRec's knowledge embedding gated into the ID embedding;
+- llmesr: LLM-ESR's dual view, an ID table initialised from the PCA of the LLM embeddings beside
+  LLMEmb's frozen semantic table, each encoded by the same backbone (`views`).
+
+Sources whose rows come from LLM embeddings keep the PCA they were reduced with (mean, components,
+scale) in their weights, so an item the model never trained on gets its row from its text
+(`add_items`): what serving does for items added after training.
 """
 from __future__ import annotations
 
@@ -31,11 +37,13 @@ from cluster.config import SRSConfig
 class SourceInputs:
     """What sources are built from, beside the config. `llm`: [n_items, D] LLM item embeddings;
     `attributes`: [n_items, A] attribute scores (GER); `id_table`: [n_items, d] item embeddings
-    of a pre-trained ID model (LLMEmb's alignment target, TSLRec's clustering)."""
+    of a pre-trained ID model (LLMEmb's alignment target, TSLRec's clustering); `warm`: which
+    items training sees (the rest are cold: added after training, in the cold-item protocol)."""
 
     llm: np.ndarray | None = None
     attributes: np.ndarray | None = None
     id_table: np.ndarray | None = None
+    warm: np.ndarray | None = None   # [n_items] bool: the items training knows (PCA is fitted on them); None: all
 
 
 class ItemEmbedding(nn.Module):
@@ -49,6 +57,14 @@ class ItemEmbedding(nn.Module):
     def table(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def views(self) -> tuple[torch.Tensor, ...]:
+        """The tables the backbone encodes separately (with shared weights); `table` is them side by side."""
+        return (self.table(),)
+
+    def add_items(self, llm: torch.Tensor) -> None:
+        """Append rows for items the model never trained on, computed from their LLM embeddings [m, D]."""
+        raise ValueError(f"the {type(self).__name__} item source cannot give a row to an item it never trained on")
+
     def aux_loss(self, items: torch.Tensor) -> torch.Tensor | None:
         """An extra training term over the item indices of a batch (0 = padding), or None."""
         return None
@@ -58,30 +74,70 @@ def with_padding_row(items: torch.Tensor) -> torch.Tensor:
     return torch.cat([items.new_zeros(1, items.shape[1]), items])
 
 
-class IDEmbedding(ItemEmbedding):
-    """The plain ID table of SASRec (Kang & McAuley 2018), RecBole's N(0, 0.02) init."""
+ID_INIT_STD = 0.02   # RecBole's N(0, 0.02) init of ID tables
 
-    def __init__(self, n_items: int, dim: int):
+
+class PCA(nn.Module):
+    """Projection on the top-k principal components of the rows it is fitted on (centered, not
+    whitened; k capped at min(D, n)), scaled by one constant to unit mean row norm over those rows,
+    so what follows starts at the same scale whatever the LLM's hidden-state norm. Buffers: the
+    published model can project an item added after training."""
+
+    def __init__(self, x: np.ndarray, k: int):
+        super().__init__()
+        x = x.astype(np.float64)
+        k = min(k, *x.shape)
+        mean = x.mean(axis=0)
+        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        norm = np.linalg.norm((x - mean) @ vt[:k].T, axis=1).mean()
+        self.register_buffer("mean", torch.from_numpy(mean.astype(np.float32)))
+        self.register_buffer("components", torch.from_numpy(vt[:k].astype(np.float32)))
+        self.register_buffer("scale", torch.tensor(1.0 / norm if norm > 0 else 1.0))
+
+    @property
+    def k(self) -> int:
+        return self.components.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) @ self.components.T * self.scale
+
+
+def fit_pca(llm: np.ndarray, k: int, warm: np.ndarray | None) -> PCA:
+    """PCA fitted on the items training knows (all when `warm` is None)."""
+    return PCA(llm if warm is None else llm[warm], k)
+
+
+class IDEmbedding(ItemEmbedding):
+    """The plain ID table of SASRec (Kang & McAuley 2018), RecBole's N(0, 0.02) init; or, with
+    `pca`, every row initialised from its item's LLM embedding (LLM-ESR's ID view; `srs.id_init:
+    llm-pca`), at the random init's mean row norm. An item the model never trained on keeps that
+    initial row, and `add_items` gives a new item the same."""
+
+    def __init__(self, n_items: int, dim: int, llm: np.ndarray | None = None, pca: PCA | None = None):
         super().__init__(n_items, dim)
         self.weight = nn.Embedding(n_items + 1, dim, padding_idx=0)
-        nn.init.normal_(self.weight.weight, std=0.02)
+        nn.init.normal_(self.weight.weight, std=ID_INIT_STD)
+        self.pca = pca
+        if pca is not None:
+            if pca.k != dim:
+                raise ValueError(f"the LLM embeddings allow {pca.k} principal components, the ID table needs {dim}")
+            with torch.no_grad():
+                self.weight.weight[1:] = self._init_rows(torch.from_numpy(llm.astype(np.float32)))
         with torch.no_grad():
             self.weight.weight[0].zero_()
+
+    def _init_rows(self, llm: torch.Tensor) -> torch.Tensor:
+        return self.pca(llm) * (ID_INIT_STD * self.dim ** 0.5)
 
     def table(self) -> torch.Tensor:
         return self.weight.weight
 
-
-def pca(x: np.ndarray, k: int) -> np.ndarray:
-    """Rows of x projected on their top-k principal components (centered, not whitened),
-    k capped at min(D, n). Scaled by one constant to unit mean row norm, so the adapter starts
-    at the same scale whatever the LLM's hidden-state norm; the geometry is unchanged."""
-    k = min(k, *x.shape)
-    centered = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
-    _, _, vt = np.linalg.svd(centered, full_matrices=False)
-    reduced = centered @ vt[:k].T
-    norm = np.linalg.norm(reduced, axis=1).mean()
-    return (reduced / norm if norm > 0 else reduced).astype(np.float32)
+    def add_items(self, llm: torch.Tensor) -> None:
+        if self.pca is None:
+            super().add_items(llm)
+        rows = torch.cat([self.weight.weight.detach(), self._init_rows(llm.to(self.weight.weight))])
+        self.weight = nn.Embedding.from_pretrained(rows, freeze=False, padding_idx=0)
+        self.n_items = rows.shape[0] - 1
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -114,10 +170,13 @@ class LLMEmbAdapter(ItemEmbedding):
         id_table: np.ndarray | None = None,
         alpha: float = 0.0,
         gamma: float = 1.0,
+        warm: np.ndarray | None = None,
     ):
         n_items = llm_embeddings.shape[0]
         super().__init__(n_items, dim)
-        reduced = torch.from_numpy(pca(llm_embeddings, pca_dim if adapter else dim))
+        self.pca = fit_pca(llm_embeddings, pca_dim if adapter else dim, warm)
+        with torch.no_grad():
+            reduced = self.pca(torch.from_numpy(llm_embeddings.astype(np.float32)))
         if not adapter and reduced.shape[1] != dim:
             raise ValueError(f"without an adapter PCA must reach hidden_size {dim}; the LLM table allows {reduced.shape[1]}")
         if freeze:
@@ -135,6 +194,14 @@ class LLMEmbAdapter(ItemEmbedding):
 
     def table(self) -> torch.Tensor:
         return with_padding_row(self.adapter(self.reduced))
+
+    def add_items(self, llm: torch.Tensor) -> None:
+        reduced = torch.cat([self.reduced.detach(), self.pca(llm.to(self.reduced))])
+        if isinstance(self.reduced, nn.Parameter):
+            self.reduced = nn.Parameter(reduced)
+        else:
+            self.reduced = reduced
+        self.n_items = reduced.shape[0]
 
     def aux_loss(self, items: torch.Tensor) -> torch.Tensor | None:
         if self.id_table is None or self.alpha == 0:
@@ -224,25 +291,59 @@ class KnowledgeGate(ItemEmbedding):
         return with_padding_row(g * ids + (1 - g) * known)
 
 
+class DualView(ItemEmbedding):
+    """LLM-ESR's dual-view item embedding (Liu et al., NeurIPS 2024): an ID view, a trainable ID
+    table initialised from the PCA of the LLM embeddings, and a semantic view, the frozen LLM
+    embeddings through LLMEmb's adapter. The backbone encodes each view with the same weights; the
+    user vector and the item table are the two side by side (2d wide), so an item scores by the sum
+    of both views' dot products: the ID view learns the collaborative signal, the semantic view
+    keeps what the text says, which is all a tail or new item has."""
+
+    def __init__(self, ids: IDEmbedding, semantic: LLMEmbAdapter):
+        super().__init__(ids.n_items, ids.dim)
+        self.ids, self.semantic = ids, semantic
+
+    def views(self) -> tuple[torch.Tensor, ...]:
+        return self.ids.table(), self.semantic.table()
+
+    def table(self) -> torch.Tensor:
+        return torch.cat(self.views(), 1)
+
+    def add_items(self, llm: torch.Tensor) -> None:
+        self.ids.add_items(llm)
+        self.semantic.add_items(llm)
+        self.n_items = self.ids.n_items
+
+
 def tslrec_knowledge(llm: np.ndarray, id_table: np.ndarray, cfg: SRSConfig) -> np.ndarray:
     """The stand-in for TSLRec's knowledge embedding until its user-level SFT exists: the LLM
     item embedding (PCA-reduced to pca_dim) beside a one-hot of the item's latent category,
     k-means of the pre-trained ID model's item embeddings (the categories the SFT will predict)."""
     labels = latent_categories(id_table, cfg.tslrec_clusters, cfg.seed)
-    return np.concatenate([pca(llm, cfg.pca_dim), np.eye(cfg.tslrec_clusters, dtype=np.float32)[labels]], axis=1)
+    with torch.no_grad():
+        reduced = PCA(llm, cfg.pca_dim)(torch.from_numpy(llm.astype(np.float32))).numpy()
+    return np.concatenate([reduced, np.eye(cfg.tslrec_clusters, dtype=np.float32)[labels]], axis=1)
 
 
-def _id(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:
-    return IDEmbedding(n_items, cfg.hidden_size)
+def _id(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> IDEmbedding:
+    if cfg.id_init == "random":
+        return IDEmbedding(n_items, cfg.hidden_size)
+    return IDEmbedding(n_items, cfg.hidden_size, inputs.llm, fit_pca(inputs.llm, cfg.hidden_size, inputs.warm))
 
 
 def _llm_frozen(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:
-    return LLMEmbAdapter(inputs.llm, cfg.hidden_size, cfg.hidden_size, adapter=False, freeze=True)
+    return LLMEmbAdapter(inputs.llm, cfg.hidden_size, cfg.hidden_size, adapter=False, freeze=True, warm=inputs.warm)
 
 
-def _llmemb(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:
+def _llmemb(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> LLMEmbAdapter:
     return LLMEmbAdapter(inputs.llm, cfg.hidden_size, cfg.pca_dim, cfg.llmemb_adapter, cfg.llmemb_freeze,
-                         inputs.id_table, cfg.align_alpha, cfg.align_gamma)
+                         inputs.id_table, cfg.align_alpha, cfg.align_gamma, inputs.warm)
+
+
+def _llmesr(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:
+    ids = IDEmbedding(n_items, cfg.hidden_size, inputs.llm, fit_pca(inputs.llm, cfg.hidden_size, inputs.warm))
+    semantic = LLMEmbAdapter(inputs.llm, cfg.hidden_size, cfg.pca_dim, warm=inputs.warm)
+    return DualView(ids, semantic)
 
 
 def _ger(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:
@@ -254,16 +355,16 @@ def _tslrec(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding
 
 
 SOURCES: dict[str, Callable[[int, SRSConfig, SourceInputs], ItemEmbedding]] = {
-    "id": _id, "llm-frozen": _llm_frozen, "llmemb": _llmemb, "ger": _ger, "tslrec": _tslrec,
+    "id": _id, "llm-frozen": _llm_frozen, "llmemb": _llmemb, "ger": _ger, "tslrec": _tslrec, "llmesr": _llmesr,
 }
-NEEDS_EMBEDDINGS = {"llm-frozen", "llmemb", "tslrec"}
+NEEDS_EMBEDDINGS = {"llm-frozen", "llmemb", "tslrec", "llmesr"}
 
 
 def required_inputs(source: str, cfg: SRSConfig) -> tuple[str, ...]:
     """The SourceInputs fields `source` needs to train under `cfg`."""
     if source not in SOURCES:
         raise ValueError(f"unknown embedding source {source!r}; known: {sorted(SOURCES)}")
-    needs = ("llm",) if source in NEEDS_EMBEDDINGS else ()
+    needs = ("llm",) if source in NEEDS_EMBEDDINGS or (source == "id" and cfg.id_init == "llm-pca") else ()
     if source == "ger":
         needs = ("attributes",)
     if source == "tslrec" or (source == "llmemb" and cfg.align_alpha > 0):

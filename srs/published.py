@@ -69,14 +69,13 @@ def stand_in_inputs(source: str, n_items: int, cfg: SRSConfig, state: dict[str, 
     def zeros(width: int) -> np.ndarray:
         return np.zeros((n_items, width), dtype=np.float32)
 
-    if source in ("llmemb", "llm-frozen"):
-        return {"item_embeddings": zeros(state["items.reduced"].shape[1])}
     if source == "ger":
         return {"attribute_scores": zeros(state["items.guided"].shape[1])}
     if source == "tslrec":   # knowledge = [PCA(LLM embeddings), one-hot of the ID model's clusters]
         return {"item_embeddings": zeros(state["items.knowledge"].shape[1] - cfg.tslrec_clusters),
                 "id_item_embeddings": zeros(cfg.hidden_size)}
-    return {}
+    llm_widths = [t.shape[1] for name, t in state.items() if name.endswith("pca.components")]
+    return {"item_embeddings": zeros(llm_widths[0])} if llm_widths else {}
 
 
 def load_model(store: Store, rel: str) -> tuple[SeqRecommender, SRSConfig, list[str], str, str]:

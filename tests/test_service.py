@@ -152,8 +152,8 @@ def test_the_served_source_follows_the_best_validation_ndcg(tmp_path):
         assert client.post("/recommend", json={"items": ids[:2], "k": 2}).json()["source"] == "id"
 
 
-@pytest.mark.parametrize("backbone, source", [("sasrec", s) for s in ("id", "llm-frozen", "llmemb", "ger", "tslrec")]
-                         + [("gru4rec", "llmemb"), ("bert4rec", "id")])
+@pytest.mark.parametrize("backbone, source", [("sasrec", s) for s in ("id", "llm-frozen", "llmemb", "ger", "tslrec", "llmesr")]
+                         + [("gru4rec", "llmemb"), ("bert4rec", "id"), ("bert4rec", "llmesr")])
 def test_every_source_and_backbone_is_rebuilt_from_its_weights(tmp_path, backbone, source):
     """Serving rebuilds a model from srs.json and the weights alone, with no embeddings run."""
     rng = np.random.default_rng(0)

@@ -202,13 +202,38 @@ def test_latent_categories_recover_separated_clusters():
     assert all(len(set(found[labels == c])) == 1 for c in range(4)) and len(set(found)) == 4
 
 
+@pytest.mark.parametrize("source, update", [("llmesr", {}), ("llmemb", {}), ("llm-frozen", {}),
+                                            ("id", {"id_init": "llm-pca"})])
+def test_items_added_after_training_get_the_rows_training_would_have_given_them(source, update):
+    """A model built on 30 items plus `add_items` of 10 more equals a model built on all 40 with the
+    10 marked cold (the PCA fitted on the 30 in both): serving and the cold-item protocol agree."""
+    cfg = SMALL.model_copy(update={"align_alpha": 0.0, "hidden_size": 16, "pca_dim": 16, **update})
+    llm = cycle_embeddings(40)
+    warm = np.arange(40) < 30
+    whole = build_item_embedding(source, 40, cfg, SourceInputs(llm=llm, warm=warm))
+    grown = build_item_embedding(source, 30, cfg, SourceInputs(llm=llm[:30]))
+    same_shape = {k: v for k, v in whole.state_dict().items() if v.shape == grown.state_dict()[k].shape}
+    grown.load_state_dict(same_shape, strict=False)   # the random inits (adapters) as the whole model's
+    grown.add_items(torch.from_numpy(llm[30:]))
+    with torch.no_grad():
+        torch.testing.assert_close(grown.table(), whole.table())
+    assert grown.n_items == 40
+
+
+def test_items_without_text_cannot_join_an_id_only_model():
+    items = build_item_embedding("id", 10, SMALL)
+    with pytest.raises(ValueError, match="cannot give a row to an item it never trained on"):
+        items.add_items(torch.zeros(2, 16))
+
+
 def source_inputs(n_items: int, cfg: SRSConfig) -> SourceInputs:
     rng = np.random.default_rng(0)
     return SourceInputs(llm=cycle_embeddings(n_items), attributes=rng.normal(size=(n_items, 6)).astype(np.float32),
                         id_table=rng.normal(size=(n_items, cfg.hidden_size)).astype(np.float32))
 
 
-FROZEN = {"llm-frozen": ["reduced"], "llmemb": ["reduced"], "ger": ["guided"], "tslrec": ["knowledge"]}
+FROZEN = {"llm-frozen": ["reduced"], "llmemb": ["reduced"], "ger": ["guided"], "tslrec": ["knowledge"],
+          "llmesr": ["semantic.reduced"]}
 
 
 @pytest.mark.parametrize("model_name", sorted(MODELS))
@@ -220,8 +245,9 @@ def test_every_source_builds_with_every_backbone(model_name, source):
     model = build_model(source, 40, cfg, inputs.llm, inputs.attributes, inputs.id_table)
     seq = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4]])
     assert model.score_all(seq).shape == (2, 41)
-    assert model.user_vector(seq).shape == (2, cfg.hidden_size)
-    assert torch.all(model.items.table()[0] == 0)
+    views = 2 if source == "llmesr" else 1   # LLM-ESR: the ID and semantic views side by side
+    assert model.user_vector(seq).shape == (2, views * cfg.hidden_size)
+    assert torch.all(model.items.table()[0] == 0) and model.items.table().shape == (41, views * cfg.hidden_size)
     targets = torch.tensor([[0, 0, 4, 5], [2, 3, 4, 5]])
     model.train()(TrainBatch(seq, targets, torch.tensor([[0, 0, 7, 8], [9, 10, 11, 12]]))).backward()
     buffers = dict(model.items.named_buffers())

@@ -4,6 +4,10 @@ Verbs (RecBole's calculate_loss / full_sort_predict / user state): `loss(batch)`
 `score_all(seq)` -> [B, n_items + 1] with score(u, v) = <u, e_v> over the item source's table
 (column 0, padding, is meaningless), and `user_vector(seq)` -> [B, d]. Sequences are
 left-padded with 0, so the most recent item is the last column.
+
+An item source with several views (LLM-ESR's ID and semantic views) has each view encoded by
+the same backbone weights; the user vector and the item table are the views side by side, so a
+score is the sum of the views' dot products.
 """
 from __future__ import annotations
 
@@ -47,11 +51,11 @@ class SeqRecommender(nn.Module):
         raise NotImplementedError
 
     def user_vector(self, seq: torch.Tensor) -> torch.Tensor:
-        return self._user(seq, self.items.table())
+        return torch.cat([self._user(seq, view) for view in self.items.views()], -1)
 
     def score_all(self, seq: torch.Tensor) -> torch.Tensor:
-        table = self.items.table()
-        return self._user(seq, table) @ table.T
+        views = self.items.views()
+        return torch.cat([self._user(seq, view) for view in views], -1) @ torch.cat(views, 1).T
 
     def forward(self, batch: TrainBatch) -> torch.Tensor:
         """The training loss plus the item source's own term (LLMEmb's alignment) over the
@@ -81,8 +85,9 @@ class NextItemRecommender(SeqRecommender):
 
     def loss(self, batch: TrainBatch) -> torch.Tensor:
         """Mean over non-padding positions."""
-        table = self.items.table()
-        h = self.states(batch.inputs, table)
+        views = self.items.views()
+        table = torch.cat(views, 1)
+        h = torch.cat([self.states(batch.inputs, view) for view in views], -1)
         targets = batch.targets[:, -h.shape[1]:]
         real = targets != 0
         if self.loss_kind == "ce":

@@ -43,9 +43,9 @@ class BERT4Rec(SeqRecommender):
         real = seq != 0
         masked = real & (torch.rand(seq.shape, device=seq.device) < self.mask_prob)
         masked[:, -1] |= ~masked.any(1)
-        table = self.items.table()
-        h = self._encode(seq.masked_fill(masked, self.mask_index), table)
-        return full_softmax_ce(h[masked], seq[masked], table)
+        views = self.items.views()
+        h = torch.cat([self._encode(seq.masked_fill(masked, self.mask_index), view) for view in views], -1)
+        return full_softmax_ce(h[masked], seq[masked], torch.cat(views, 1))
 
     def _user(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         history = seq[:, -(self.max_len - 1):]
