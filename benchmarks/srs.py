@@ -10,11 +10,11 @@ scores of the run `--attributes` (one embedded with `guidedrec embed --attribute
 per seed and a mean ± std table, writes <out>/<name>.md, .csv and (with matplotlib) a plot of
 validation NDCG@10 per epoch; the last line is the one-line summary of the means.
 
-Training runs through Ray Train (train_srs) or, with --in-process, in this process on its best
-device without Ray (srs.fit.train_local). `--save-inputs F.npz` writes what a run reads (split
-sequences, item ids, the source's matrices as float16) and exits; `--inputs F.npz` runs from such
-a file instead of the catalog and store: together they run the benchmark on a machine that has
-neither (a lone GPU box without Ray).
+Training runs through Ray Train (srs.train, runner "ray") or, with --in-process, in this process on
+its best device without Ray (runner "local").
+`--save-inputs F.npz` writes what a run reads (split sequences, item ids, the source's matrices as
+float16) and exits; `--inputs F.npz` runs from such a file instead of the catalog and store:
+together they run the benchmark on a machine that has neither (a lone GPU box without Ray).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-KEYWORDS = {"llm": "item_embeddings", "attributes": "attribute_scores"}  # SourceInputs field -> train_srs keyword
+KEYWORDS = {"llm": "item_embeddings", "attributes": "attribute_scores"}  # SourceInputs field -> srs.train keyword
 REPORTED = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR", "tail/HR@10", "tail/NDCG@10")
 
 
@@ -66,7 +66,7 @@ def load_data(args: argparse.Namespace) -> tuple[dict[str, list[str]], list[str]
 
 
 def source_inputs(args: argparse.Namespace, item_ids: list[str]) -> dict:
-    """The keyword arguments of train_srs the source needs; exits with the reason when absent."""
+    """The keyword arguments of srs.train the source needs; exits with the reason when absent."""
     from cluster.config import Config, DatasetConfig, SRSConfig
     from cluster.storage import Store, StorageError
     from llm.runs import aligned_attributes, aligned_vectors, run_name
@@ -178,7 +178,7 @@ def write_results(args: argparse.Namespace, name: str, rows: list[dict], header:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from srs import popularity_metrics
+    from srs import popularity_metrics, train
 
     if args.inputs:
         sequences, item_ids, kwargs = load_inputs(args.inputs, args.source)
@@ -199,18 +199,15 @@ def main(argv: list[str] | None = None) -> None:
     pop = popularity_metrics(sequences, item_ids, ranking=args.ranking)
     print(f"popularity: HR@10={pop['HR@10']:.4f} NDCG@10={pop['NDCG@10']:.4f} tailHR@10={pop['tail/HR@10']:.4f}", flush=True)
 
-    if args.in_process:
-        from srs import train_local as train
-    else:
+    if not args.in_process:
         from cluster import init_ray
         from cluster.config import RayConfig
-        from srs import train_srs as train
 
         init_ray(RayConfig(num_cpus=2, log_to_driver=False))
     rows = []
     for seed in args.seeds:
         cfg = config(args, seed)
-        r = train(sequences, item_ids, cfg, args.source, **kwargs)
+        r = train(sequences, item_ids, cfg, args.source, runner="local" if args.in_process else "ray", **kwargs)
         row = {"seed": seed, **{k: r.test[k] for k in REPORTED}, "best_epoch": r.best_epoch, "epochs": r.epochs,
                "epoch_s": r.seconds_per_epoch, "curve": r.valid_curve}
         rows.append(row)

@@ -15,8 +15,8 @@ from safetensors.torch import load as load_safetensors
 
 from cluster.config import SRSConfig
 from cluster.storage import Store
+from srs import build_model
 from srs.data import pad_left
-from srs.fit import build_model
 
 PREFERRED_SOURCES = ("llmemb", "id")   # LLM-guided first (what this project is for), then any other
 
