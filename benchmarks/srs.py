@@ -1,8 +1,10 @@
 """SRS accuracy benchmark: one backbone x item source x ranking mode, over seeds, on a real data set.
 
     python benchmarks/srs.py --dataset amazon-beauty --model sasrec --source id --ranking full --seeds 42
-    python benchmarks/srs.py --dataset amazon-beauty --model bert4rec --source llmemb --ranking sampled \\
-        --seeds 42 43 44 --set epochs=100 --set patience=10
+    python benchmarks/srs.py --dataset amazon-beauty --model bert4rec --source llmemb --ranking sampled --seeds 42 43 44
+
+The training config is the backbone's defaults (srs/defaults/<model>.yaml, the best measured)
+with `--set` on top.
 
 Data: catalog.load_catalog(DatasetConfig(name=...)), ranked over the k-core's items as jobs.train
 does. LLM sources read the committed embeddings run `--run` from `--store`; ger reads the attribute

@@ -1,6 +1,6 @@
-"""srs: split, tensors, metrics by hand (full, sampled, tail), item sources x backbones, the training
-state (safetensors + JSON), training in-process (every backbone) and through Ray (SASRec id, then
-LLMEmb aligned to it), resume."""
+"""srs: split, tensors, metrics by hand (full, sampled, tail), item sources x backbones, per-backbone
+config defaults, the training state (safetensors + JSON), training in-process (every backbone) and
+through Ray (SASRec id, then LLMEmb aligned to it), resume."""
 from __future__ import annotations
 
 import json
@@ -254,6 +254,28 @@ def test_sources_are_checked():
     with pytest.raises(ValueError, match="cloze"):
         SRSConfig(model="bert4rec", loss="bce")
 
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_each_backbone_takes_its_yaml_defaults_and_set_values_win(model_name):
+    import yaml
+
+    from cluster.config import load_config
+    from tests.conftest import REPO
+
+    defaults = yaml.safe_load((REPO / "srs" / "defaults" / f"{model_name}.yaml").read_text())
+    assert set(defaults) == {"loss", "dropout", "epochs", "patience"}
+    cfg = load_config(None, {"srs.model": model_name}).srs
+    assert {k: getattr(cfg, k) for k in defaults} == defaults and cfg == SRSConfig(model=model_name)
+    mine = load_config(None, {"srs.model": model_name, "srs.epochs": 3, "srs.dropout": 0.1}).srs
+    assert (mine.epochs, mine.dropout, mine.patience) == (3, 0.1, defaults["patience"])
+    assert SRSConfig.model_validate(mine.model_dump()) == mine   # how Ray workers and serving (srs.json) read it back
+
+
+def test_backbone_defaults_differ_where_measured_and_old_configs_read_as_before():
+    assert (SRSConfig().loss, SRSConfig().epochs) == ("ce", 200)
+    assert SRSConfig(model="bert4rec").patience == 40 and SRSConfig(model="gru4rec").patience == 5
+    # srs.json published before the defaults holds loss None: it still means what it was trained with.
+    assert SRSConfig(loss=None).resolved_loss == "bce" and SRSConfig(model="bert4rec", loss=None).resolved_loss == "ce"
 
 
 @pytest.mark.parametrize("model_name", sorted(MODELS))
