@@ -2,6 +2,7 @@
 
     python benchmarks/srs.py --dataset amazon-beauty --model sasrec --source id --ranking full --seeds 42
     python benchmarks/srs.py --dataset amazon-beauty --model bert4rec --source llmemb --ranking sampled --seeds 42 43 44
+    python benchmarks/srs.py --dataset /data/my-shop --source id --in-process --set epochs=20
 
 The training config is the backbone's defaults (srs/defaults/<model>.yaml, the best measured)
 with `--set` on top.
@@ -10,10 +11,11 @@ Data: catalog.load_catalog(DatasetConfig(name=...)), ranked over the k-core's it
 does. LLM sources read the committed embeddings run `--run` from `--store`; ger reads the attribute
 scores of the run `--attributes` (one embedded with `guidedrec embed --attributes`). Prints one line
 per seed and a mean ± std table, writes <out>/<name>.md, .csv and (with matplotlib) a plot of
-validation NDCG@10 per epoch; the last line is the one-line summary of the means.
+validation NDCG@10 per epoch (<out> defaults to runs/srs-benchmarks in this repository, whatever
+the data set's path); the last line is the one-line summary of the means.
 
 Training runs through Ray Train (srs.train, runner "ray") or, with --in-process, in this process on
-its best device without Ray (runner "local").
+its best device without Ray (runner "local"; each epoch's line is printed as it ends).
 `--save-inputs F.npz` writes what a run reads (split sequences, item ids, the source's matrices as
 float16) and exits; `--inputs F.npz` runs from such a file instead of the catalog and store:
 together they run the benchmark on a machine that has neither (a lone GPU box without Ray).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import os
 import statistics
 import sys
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 KEYWORDS = {"llm": "item_embeddings", "attributes": "attribute_scores"}  # SourceInputs field -> srs.train keyword
+OUT = Path(__file__).resolve().parents[1] / "runs" / "srs-benchmarks"  # runs/ is git-ignored
 REPORTED = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR", "tail/HR@10", "tail/NDCG@10")
 
 
@@ -49,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ger ablation: all-zero attribute scores, or the items' scores shuffled among them (seed: --seeds[0])")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="SRSConfig override, e.g. --set loss=ce --set epochs=50 (repeatable)")
-    p.add_argument("--out", default="runs/srs-benchmarks", help="folder for the .md/.csv/.png results (runs/ is git-ignored)")
+    p.add_argument("--out", default=str(OUT), help="folder for the .md/.csv/.png results (default: runs/srs-benchmarks)")
     p.add_argument("--in-process", action="store_true", help="train in this process without Ray (GPU if present)")
     p.add_argument("--save-inputs", default=None, metavar="F.npz", help="write the run's inputs to F.npz and exit")
     p.add_argument("--inputs", default=None, metavar="F.npz", help="read the run's inputs from F.npz (--save-inputs)")
@@ -195,13 +199,19 @@ def main(argv: list[str] | None = None) -> None:
         if KEYWORDS["attributes"] not in kwargs:
             sys.exit(f"srs benchmark: --control ablates attribute scores; source {args.source!r} reads none")
         kwargs = ablated(kwargs, args.control, args.seeds[0])
-    name = f"{args.dataset}-{args.model}-{args.source}-{args.ranking}" + (f"-{args.control}" if args.control else "")
+    # A data set given as a directory is named by its last part: the results stay in --out.
+    dataset = Path(args.dataset).resolve().name
+    name = f"{dataset}-{args.model}-{args.source}-{args.ranking}" + (f"-{args.control}" if args.control else "")
     n_interactions = sum(len(s) for s in sequences.values())
     print(f"{args.dataset}: {len(sequences)} users, {len(item_ids)} items, {n_interactions} interactions", flush=True)
     pop = popularity_metrics(sequences, item_ids, ranking=args.ranking)
     print(f"popularity: HR@10={pop['HR@10']:.4f} NDCG@10={pop['NDCG@10']:.4f} tailHR@10={pop['tail/HR@10']:.4f}", flush=True)
 
-    if not args.in_process:
+    if args.in_process:
+        # The epoch loop logs a line per epoch; shown here, or an in-process run is silent for its whole length.
+        logging.basicConfig(format="%(message)s")
+        logging.getLogger("srs").setLevel(logging.INFO)
+    else:
         from cluster import init_ray
         from cluster.config import RayConfig
 

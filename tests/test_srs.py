@@ -441,7 +441,8 @@ def srs_benchmark():
 
 def test_benchmark_runs_from_saved_inputs_where_ray_is_not_installed(cyclic, tmp_path: Path):
     """benchmarks/srs.py --save-inputs here, then --inputs --in-process in a process that cannot
-    import Ray (a lone GPU box): llmemb pre-trains its ID model and trains, all in-process."""
+    import Ray (a lone GPU box): llmemb pre-trains its ID model and trains, all in-process, printing
+    each epoch as it ends. A data set named by its path leaves its results in --out, not beside it."""
     import subprocess
     import sys
 
@@ -460,15 +461,19 @@ def test_benchmark_runs_from_saved_inputs_where_ray_is_not_installed(cyclic, tmp
     overrides = [f"--set={k}={v}" for k, v in small.items()]
     script = ("import sys, runpy; sys.modules['ray'] = None; sys.argv = ['srs.py', *sys.argv[1:]]; "
               "runpy.run_path('benchmarks/srs.py', run_name='__main__')")
-    out = subprocess.run([sys.executable, "-c", script, "--dataset", "cyclic", "--source", "llmemb", "--ranking",
+    data = tmp_path / "shop" / "cyclic"
+    data.mkdir(parents=True)
+    out = subprocess.run([sys.executable, "-c", script, "--dataset", str(data), "--source", "llmemb", "--ranking",
                           "sampled", "--seeds", "42", "--inputs", str(bundle), "--in-process",
                           "--out", str(tmp_path / "out"), *overrides],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-1]
-    assert last.startswith("srs: dataset=cyclic model=sasrec source=llmemb ranking=sampled HR@10=")
+    assert last.startswith(f"srs: dataset={data} model=sasrec source=llmemb ranking=sampled HR@10=")
     assert float(last.split("HR@10=")[1].split()[0]) > 0.4   # popularity: ~0.1 of 101 candidates
     assert (tmp_path / "out" / "cyclic-sasrec-llmemb-sampled.csv").exists()
+    assert list((tmp_path / "shop").iterdir()) == [data] and not list(data.iterdir())
+    assert "[srs sasrec/id] epoch 1 loss" in out.stderr and "[srs sasrec/llmemb] epoch 1 loss" in out.stderr
 
 
 def test_llmemb_aligned_to_the_id_model_through_ray(sasrec_id, cyclic, tmp_path: Path):
