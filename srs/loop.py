@@ -98,7 +98,8 @@ def fit(
     model: torch.nn.Module, data: SeqTensors, cfg: SRSConfig, worker: Worker | None = None, state: TrainState | None = None
 ) -> Fitted | None:
     """Train `model` (a SeqRecommender, or DDP around one) with early stopping on validation
-    NDCG@10, continuing after `state` when given (a checkpoint of the same run). Rank 0 returns
+    NDCG@10, continuing after `state` when given (a checkpoint of the same run; carried on in
+    place, it becomes the returned Fitted.state). Rank 0 returns
     the best epoch (its weights loaded back into the model) with test metrics; other ranks None.
     Without a `worker`: the only one, on the CPU."""
     worker = worker or Worker()
