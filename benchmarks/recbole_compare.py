@@ -212,14 +212,14 @@ def run_recbole(python: Path, cfg: dict, data_path: Path, name: str, work: Path,
 
 
 def validation_seconds(checkpoint: str, sequences, item_ids, cfg, repeats: int = 2) -> float:
-    """One validation pass of our best model as fit() runs it (srs.train.evaluate on the valid
+    """One validation pass of our best model as fit() runs it (srs.evaluate on the valid
     cases, full ranking, cfg.threads_per_worker threads), timed in-process: the mean of `repeats`."""
     import torch
     from safetensors.torch import load_file
 
+    from srs import build_model, evaluate
     from srs.data import build_tensors
     from srs.metrics import tail_items
-    from srs.fit import build_model, evaluate
 
     torch.set_num_threads(cfg.threads_per_worker)
     data = build_tensors(sequences, item_ids, cfg.max_len)
@@ -237,13 +237,13 @@ def validation_seconds(checkpoint: str, sequences, item_ids, cfg, repeats: int =
 def run_ours(sequences, item_ids, cfg, work: Path) -> dict:
     from cluster.config import RayConfig
     from cluster.runtime import init_ray
-    from srs import train_srs
+    from srs import train
     from srs.data import build_tensors
 
     init_ray(RayConfig(num_cpus=2, log_to_driver=False))
     storage = work / "ours"
     storage.mkdir(parents=True, exist_ok=True)
-    r = train_srs(sequences, item_ids, cfg, "id", storage_path=str(storage))
+    r = train(sequences, item_ids, cfg, "id", runner="ray", storage_path=str(storage))
     train_s = getattr(r, "train_seconds_per_epoch", None)  # training alone, measured in fit()
     if train_s is not None and train_s > 0:
         valid_s, how = r.seconds_per_epoch - train_s, "measured in fit()"

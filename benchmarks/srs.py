@@ -1,25 +1,30 @@
 """SRS accuracy benchmark: one backbone x item source x ranking mode, over seeds, on a real data set.
 
     python benchmarks/srs.py --dataset amazon-beauty --model sasrec --source id --ranking full --seeds 42
-    python benchmarks/srs.py --dataset amazon-beauty --model bert4rec --source llmemb --ranking sampled \\
-        --seeds 42 43 44 --set epochs=100 --set patience=10
+    python benchmarks/srs.py --dataset amazon-beauty --model bert4rec --source llmemb --ranking sampled --seeds 42 43 44
+    python benchmarks/srs.py --dataset /data/my-shop --source id --in-process --set epochs=20
+
+The training config is the backbone's defaults (srs/defaults/<model>.yaml, the best measured)
+with `--set` on top.
 
 Data: catalog.load_catalog(DatasetConfig(name=...)), ranked over the k-core's items as jobs.train
 does. LLM sources read the committed embeddings run `--run` from `--store`; ger reads the attribute
 scores of the run `--attributes` (one embedded with `guidedrec embed --attributes`). Prints one line
 per seed and a mean ± std table, writes <out>/<name>.md, .csv and (with matplotlib) a plot of
-validation NDCG@10 per epoch; the last line is the one-line summary of the means.
+validation NDCG@10 per epoch (<out> defaults to runs/srs-benchmarks in this repository, whatever
+the data set's path); the last line is the one-line summary of the means.
 
-Training runs through Ray Train (train_srs) or, with --in-process, in this process on its best
-device without Ray (srs.fit.train_local). `--save-inputs F.npz` writes what a run reads (split
-sequences, item ids, the source's matrices as float16) and exits; `--inputs F.npz` runs from such
-a file instead of the catalog and store: together they run the benchmark on a machine that has
-neither (a lone GPU box without Ray).
+Training runs through Ray Train (srs.train, runner "ray") or, with --in-process, in this process on
+its best device without Ray (runner "local"; each epoch's line is printed as it ends).
+`--save-inputs F.npz` writes what a run reads (split sequences, item ids, the source's matrices as
+float16) and exits; `--inputs F.npz` runs from such a file instead of the catalog and store:
+together they run the benchmark on a machine that has neither (a lone GPU box without Ray).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import os
 import statistics
 import sys
@@ -28,7 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-KEYWORDS = {"llm": "item_embeddings", "attributes": "attribute_scores"}  # SourceInputs field -> train_srs keyword
+KEYWORDS = {"llm": "item_embeddings", "attributes": "attribute_scores"}  # SourceInputs field -> srs.train keyword
+OUT = Path(__file__).resolve().parents[1] / "runs" / "srs-benchmarks"  # runs/ is git-ignored
 REPORTED = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR", "tail/HR@10", "tail/NDCG@10")
 
 
@@ -47,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ger ablation: all-zero attribute scores, or the items' scores shuffled among them (seed: --seeds[0])")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="SRSConfig override, e.g. --set loss=ce --set epochs=50 (repeatable)")
-    p.add_argument("--out", default="runs/srs-benchmarks", help="folder for the .md/.csv/.png results (runs/ is git-ignored)")
+    p.add_argument("--out", default=str(OUT), help="folder for the .md/.csv/.png results (default: runs/srs-benchmarks)")
     p.add_argument("--in-process", action="store_true", help="train in this process without Ray (GPU if present)")
     p.add_argument("--save-inputs", default=None, metavar="F.npz", help="write the run's inputs to F.npz and exit")
     p.add_argument("--inputs", default=None, metavar="F.npz", help="read the run's inputs from F.npz (--save-inputs)")
@@ -66,7 +72,7 @@ def load_data(args: argparse.Namespace) -> tuple[dict[str, list[str]], list[str]
 
 
 def source_inputs(args: argparse.Namespace, item_ids: list[str]) -> dict:
-    """The keyword arguments of train_srs the source needs; exits with the reason when absent."""
+    """The keyword arguments of srs.train the source needs; exits with the reason when absent."""
     from cluster.config import Config, DatasetConfig, SRSConfig
     from cluster.storage import Store, StorageError
     from llm.runs import aligned_attributes, aligned_vectors, run_name
@@ -178,7 +184,7 @@ def write_results(args: argparse.Namespace, name: str, rows: list[dict], header:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from srs import popularity_metrics
+    from srs import popularity_metrics, train
 
     if args.inputs:
         sequences, item_ids, kwargs = load_inputs(args.inputs, args.source)
@@ -193,24 +199,27 @@ def main(argv: list[str] | None = None) -> None:
         if KEYWORDS["attributes"] not in kwargs:
             sys.exit(f"srs benchmark: --control ablates attribute scores; source {args.source!r} reads none")
         kwargs = ablated(kwargs, args.control, args.seeds[0])
-    name = f"{args.dataset}-{args.model}-{args.source}-{args.ranking}" + (f"-{args.control}" if args.control else "")
+    # A data set given as a directory is named by its last part: the results stay in --out.
+    dataset = Path(args.dataset).resolve().name
+    name = f"{dataset}-{args.model}-{args.source}-{args.ranking}" + (f"-{args.control}" if args.control else "")
     n_interactions = sum(len(s) for s in sequences.values())
     print(f"{args.dataset}: {len(sequences)} users, {len(item_ids)} items, {n_interactions} interactions", flush=True)
     pop = popularity_metrics(sequences, item_ids, ranking=args.ranking)
     print(f"popularity: HR@10={pop['HR@10']:.4f} NDCG@10={pop['NDCG@10']:.4f} tailHR@10={pop['tail/HR@10']:.4f}", flush=True)
 
     if args.in_process:
-        from srs import train_local as train
+        # The epoch loop logs a line per epoch; shown here, or an in-process run is silent for its whole length.
+        logging.basicConfig(format="%(message)s")
+        logging.getLogger("srs").setLevel(logging.INFO)
     else:
         from cluster import init_ray
         from cluster.config import RayConfig
-        from srs import train_srs as train
 
         init_ray(RayConfig(num_cpus=2, log_to_driver=False))
     rows = []
     for seed in args.seeds:
         cfg = config(args, seed)
-        r = train(sequences, item_ids, cfg, args.source, **kwargs)
+        r = train(sequences, item_ids, cfg, args.source, runner="local" if args.in_process else "ray", **kwargs)
         row = {"seed": seed, **{k: r.test[k] for k in REPORTED}, "best_epoch": r.best_epoch, "epochs": r.epochs,
                "epoch_s": r.seconds_per_epoch, "curve": r.valid_curve}
         rows.append(row)

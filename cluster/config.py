@@ -5,9 +5,10 @@ A bad file or value fails with the key path and the problem, never halfway throu
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -89,12 +90,23 @@ class IndexConfig(_Section):
                                "against exact search at build time (costs sample x items x dims; 0: skip).")
 
 
+@functools.cache
+def backbone_defaults(model: str) -> dict:
+    """srs/defaults/<model>.yaml, the backbone's measured training defaults. Read by path: cluster
+    sits below srs and does not import it (the files ship as srs package data)."""
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "srs" / "defaults" / f"{model}.yaml").read_text())
+
+
 class SRSConfig(_Section):
+    """Keys without a default here (loss, dropout, epochs, patience) take the backbone's
+    (backbone_defaults) unless set; a set value always wins."""
+
     model: Literal["sasrec", "gru4rec", "bert4rec"] = "sasrec"
     sources: list[Literal["id", "llm-frozen", "llmemb", "ger", "tslrec", "llmesr"]] = Field(
         default_factory=lambda: ["id", "llmemb"])
     loss: Literal["bce", "ce"] | None = Field(
-        None, description="sasrec/gru4rec: bce (one sampled negative) or ce (full softmax); None: bce. bert4rec: ce (cloze) only.")
+        description="sasrec/gru4rec: bce (one sampled negative) or ce (full softmax); bert4rec: ce (cloze) only. "
+        "None (configs from before the backbone defaults): bce, and ce for bert4rec.")
     mask_prob: float = Field(0.2, gt=0, lt=1, description="BERT4Rec cloze masking probability.")
     ranking: Literal["full", "sampled"] = Field("full", description="full: all items; sampled: 1 positive + 100 sampled negatives.")
     align_alpha: float = Field(0.01, ge=0, description="LLMEmb alignment loss weight (0: the 'no alignment' ablation).")
@@ -112,16 +124,26 @@ class SRSConfig(_Section):
         "choice) or from the sequence's first item (RecBole's; then a prefix's state does not depend on later items).")
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(1, ge=1)
-    dropout: float = Field(0.2, ge=0, lt=1)
+    dropout: float = Field(ge=0, lt=1)
     pca_dim: int = Field(128, ge=2, description="LLMEmb intermediate size d_m.")
-    epochs: int = Field(30, ge=1)
-    patience: int = Field(5, ge=1, description="Epochs without a better validation NDCG@10 before stopping. Think in "
+    epochs: int = Field(ge=1)
+    patience: int = Field(ge=1, description="Epochs without a better validation NDCG@10 before stopping. Think in "
                           "optimizer steps: an ml-100k epoch is 8, and runs there need 40 to outlast validation plateaus.")
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)
     num_workers: int = Field(1, ge=1, description="Ray Train workers.")
     threads_per_worker: int = Field(1, ge=1)
     seed: int = 42
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backbone_defaults(cls, data):
+        """An unknown model takes sasrec's, so that it fails on its own key alone."""
+        if not isinstance(data, dict):
+            return data
+        backbone = cls.model_fields["model"]
+        model = data.get("model", backbone.default)
+        return {**backbone_defaults(model if model in get_args(backbone.annotation) else backbone.default), **data}
 
     @field_validator("sources")
     @classmethod

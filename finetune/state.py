@@ -2,10 +2,11 @@
 
 A checkpoint directory holds the LoRA weights as a peft adapter folder (adapter/), the
 objective's own trainable modules (heads.safetensors: SCFT's temperature, GER's and TSLRec's
-heads), the optimizer state (tensors in safetensors, hyperparameters in JSON: nothing is
-pickled), the step and the loss history (state.json), and on the last step the objective's
-outputs (outputs.safetensors). Resuming restores all of it, so a resumed run continues the
-same step count, optimizer moments and loss curve.
+heads), the optimizer state (tensors in safetensors, hyperparameters in JSON, written by
+cluster.tensorstate as the SRS training state is: nothing is pickled), the step and the loss
+history (state.json), and on the last step the objective's outputs (outputs.safetensors).
+Resuming restores all of it, so a resumed run continues the same step count, optimizer moments
+and loss curve.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cluster.storage import Store
+from cluster.tensorstate import flatten_optimizer, read_pair, unflatten_optimizer, write_pair
 
 
 def save_checkpoint(folder: str | Path, model, heads, optimizer, state: dict, outputs: dict | None = None) -> None:
@@ -26,11 +28,7 @@ def save_checkpoint(folder: str | Path, model, heads, optimizer, state: dict, ou
     folder = Path(folder)
     model.save_pretrained(folder / "adapter")
     save_file({k: v.detach().contiguous().cpu() for k, v in heads.state_dict().items()}, folder / "heads.safetensors")
-    sd = optimizer.state_dict()
-    tensors = {f"{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous().cpu()
-               for i, per_param in sd["state"].items() for k, v in per_param.items()}
-    save_file(tensors, folder / "optimizer.safetensors")
-    (folder / "optimizer.json").write_text(json.dumps(sd["param_groups"]))
+    write_pair(folder, "optimizer", *flatten_optimizer(optimizer.state_dict()))
     (folder / "state.json").write_text(json.dumps(state))
     if outputs:
         save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in outputs.items()}, folder / "outputs.safetensors")
@@ -45,11 +43,7 @@ def load_checkpoint(folder: str | Path, model, heads, optimizer) -> dict:
     device = next(heads.parameters()).device
     set_peft_model_state_dict(model, load_file(folder / "adapter" / "adapter_model.safetensors", device=str(device)))
     heads.load_state_dict(load_file(folder / "heads.safetensors", device=str(device)))
-    per_param: dict[int, dict] = {}
-    for key, tensor in load_file(folder / "optimizer.safetensors").items():
-        index, name = key.split(".", 1)
-        per_param.setdefault(int(index), {})[name] = tensor
-    optimizer.load_state_dict({"state": per_param, "param_groups": json.loads((folder / "optimizer.json").read_text())})
+    optimizer.load_state_dict(unflatten_optimizer(*read_pair(folder, "optimizer")))
     return json.loads((folder / "state.json").read_text())
 
 

@@ -70,12 +70,12 @@ def id_item_table(job: Job, sequences: dict, item_ids: list[str]) -> np.ndarray:
             return table
     table = _published_id_table(job, item_ids)
     if table is None:
-        from srs import train_srs
+        from srs import train
 
         srs_cfg = job.cfg.srs.model_copy(update={"model": "sasrec", "epochs": job.cfg.finetune.tslrec_srs_epochs})
         print(f"tslrec: training the ID SASRec ({srs_cfg.epochs} epochs) whose items are clustered", flush=True)
-        result = train_srs(sequences, item_ids, srs_cfg, "id", storage_path=job.out.path("srs"),
-                           storage_filesystem=job.out.fs)
+        result = train(sequences, item_ids, srs_cfg, "id", runner="ray", storage_path=job.out.path("srs"),
+                       storage_filesystem=job.out.fs)
         table = result.item_table
     job.out.write_bytes(ID_TABLE, save({"items": np.ascontiguousarray(table, dtype=np.float32)}))
     return table.astype(np.float32)

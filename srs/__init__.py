@@ -1,24 +1,31 @@
-"""Sequential recommenders (SASRec, GRU4Rec, BERT4Rec) over pluggable item embeddings, trained
-through Ray Train (train_srs) or in-process without Ray (train_local)."""
+"""Sequential recommenders (SASRec, GRU4Rec, BERT4Rec) over pluggable item embeddings, trained by
+`train(..., runner="ray")` through Ray Train or `runner="local"` in this process."""
 from srs.data import SeqTensors, build_tensors
-from srs.fit import SRSResult, evaluate, fit, popularity_metrics, train_local
 from srs.fusion import SOURCES, ItemEmbedding, SourceInputs, build_item_embedding
-from srs.metrics import ALL_METRICS, METRICS, popularity_baseline, summarize, target_ranks
+from srs.loop import Fitted, Worker, build_model, evaluate, fit
+from srs.metrics import ALL_METRICS, METRICS, popularity_baseline, popularity_metrics, summarize, target_ranks
 from srs.models import MODELS, BERT4Rec, GRU4Rec, SASRec
+from srs.runners import RUNNERS, SRSResult, train
+from srs.state import TrainState
 
 __all__ = [
     "ALL_METRICS",
     "METRICS",
     "MODELS",
+    "RUNNERS",
     "SOURCES",
     "BERT4Rec",
+    "Fitted",
     "GRU4Rec",
     "ItemEmbedding",
     "SASRec",
     "SRSResult",
     "SeqTensors",
     "SourceInputs",
+    "TrainState",
+    "Worker",
     "build_item_embedding",
+    "build_model",
     "build_tensors",
     "evaluate",
     "fit",
@@ -26,15 +33,5 @@ __all__ = [
     "popularity_metrics",
     "summarize",
     "target_ranks",
-    "train_local",
-    "train_srs",
+    "train",
 ]
-
-
-def __getattr__(name: str):
-    """train_srs imports Ray: only when asked for, so the rest of the package runs where Ray is not installed."""
-    if name == "train_srs":
-        from srs.train import train_srs
-
-        return train_srs
-    raise AttributeError(f"module 'srs' has no attribute {name!r}")

@@ -16,10 +16,10 @@ from cluster.layout import (catalog_file, catalog_name, live_catalog_file, live_
 from cluster.runtime import init_ray
 from cluster.storage import Store
 from llm.runs import aligned_attributes, aligned_vectors
-from srs.fit import popularity_metrics
 from srs.fusion import required_inputs
+from srs.metrics import popularity_metrics
 from srs.published import publish_model
-from srs.train import train_srs
+from srs.runners import train
 
 
 def wants_attributes(cfg: Config) -> bool:
@@ -44,9 +44,9 @@ def train_catalog(cfg: Config, store: Store) -> dict:
         needs = required_inputs(source, cfg.srs)
         vectors = aligned_vectors(store, run, item_ids) if "llm" in needs else None
         scores = aligned_attributes(store, run_name(cfg, attributes=True), item_ids) if "attributes" in needs else None
-        result = train_srs(sequences, item_ids, cfg.srs, source, item_embeddings=vectors, attribute_scores=scores,
-                           id_item_embeddings=id_items if source != "id" else None,
-                           storage_path=store.path(train_runs_dir(run)), storage_filesystem=store.fs)
+        result = train(sequences, item_ids, cfg.srs, source, runner="ray", item_embeddings=vectors,
+                       attribute_scores=scores, id_item_embeddings=id_items if source != "id" else None,
+                       storage_path=store.path(train_runs_dir(run)), storage_filesystem=store.fs)
         if source == "id":
             id_items = result.item_table
         publish_model(store, run, source, result, item_ids)

@@ -387,7 +387,7 @@ def check_source(source: str, n_items: int, cfg: SRSConfig, inputs: SourceInputs
 
 def build_item_embedding(source: str, n_items: int, cfg: SRSConfig, inputs: SourceInputs = SourceInputs()) -> ItemEmbedding:
     """The item embedding named `source`. Without `id_table` LLMEmb is built without its
-    alignment term (what serving needs); train_srs always supplies one when alpha > 0."""
+    alignment term (what serving needs); srs.train always supplies one when alpha > 0."""
     needs = tuple(n for n in required_inputs(source, cfg) if not (source == "llmemb" and n == "id_table"))
     check_source(source, n_items, cfg, inputs, needs)
     return SOURCES[source](n_items, cfg, inputs)

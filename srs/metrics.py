@@ -18,12 +18,12 @@ items by training-split count, reported beside the overall ones as "tail/<metric
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from srs.data import Ragged
+from srs.data import Ragged, build_tensors
 
 KS = (5, 10, 20)
 METRICS = tuple(f"HR@{k}" for k in KS) + tuple(f"NDCG@{k}" for k in KS) + ("MRR",)
@@ -153,3 +153,15 @@ def popularity_baseline(
     inputs = np.zeros((len(targets), 1), dtype=np.int64)  # popularity reads no history
     ranks = rank_cases(lambda seq: scores.expand(len(seq), -1), inputs, seen, targets, candidates)
     return report(ranks, targets, tail_items(train_sequences, n_items))
+
+
+def popularity_metrics(
+    sequences: Mapping[str, Sequence[str]], item_ids: Sequence[str] | None = None, ranking: str = "full"
+) -> dict[str, float]:
+    """Test metrics (overall and tail) of the training-popularity ranking on the same split and
+    protocol as srs.train. Without `item_ids` the candidates are the items in `sequences`."""
+    if item_ids is None:
+        item_ids = sorted({v for seq in sequences.values() for v in seq})
+    data = build_tensors(sequences, item_ids, max_len=1)
+    candidates = sample_candidates(data.test_seen, data.test_targets, data.n_items) if ranking == "sampled" else None
+    return popularity_baseline(data.train_seen, data.test_seen, data.test_targets, data.n_items, candidates)

@@ -17,7 +17,7 @@ from safetensors.torch import load as load_safetensors
 from cluster.config import SRSConfig
 from cluster.layout import is_version, model_dir, models_dir, new_version
 from cluster.storage import Store
-from srs.fit import build_model
+from srs.loop import build_model
 from srs.models import SeqRecommender
 
 FILES = ("model.safetensors", "srs.json")

@@ -24,8 +24,8 @@ from cluster.config import IndexConfig, ServeConfig, SRSConfig
 from cluster.layout import is_version
 from cluster.storage import Store
 from index import Recommender, build_from_run, create_app, similar_items
+from srs import build_model
 from srs.data import pad_left
-from srs.fit import build_model
 from srs.published import publish_model
 from tests.ports import free_port
 from tests.test_index import clustered_vectors, write_run
@@ -380,7 +380,7 @@ def test_ray_serve_hosts_the_same_app(ray_local, world):
 def test_trained_model_recommends_the_next_item(ray_local, tmp_path):
     """End to end with a real model: SASRec+LLMEmb trained on users who walk the catalog in a
     cycle recommends the item after the sequence."""
-    from srs import train_srs
+    from srs import train
     from tests.test_srs import SMALL, cycle_embeddings, cyclic_sequences
 
     store = Store(str(tmp_path / "store"))
@@ -390,8 +390,8 @@ def test_trained_model_recommends_the_next_item(ray_local, tmp_path):
     sequences = {user: [rename[i] for i in seq] for user, seq in sequences.items()}
     build_from_run(store, "cyc", IndexConfig())
     cfg = SMALL.model_copy(update={"align_alpha": 0.0})   # no alignment: no ID model to pre-train first
-    result = train_srs(sequences, ids, cfg, "llmemb", item_embeddings=cycle_embeddings(),
-                       storage_path=store.path("ray-train/cyc"), storage_filesystem=store.fs)
+    result = train(sequences, ids, cfg, "llmemb", runner="ray", item_embeddings=cycle_embeddings(),
+                   storage_path=store.path("ray-train/cyc"), storage_filesystem=store.fs)
     publish_model(store, "cyc", "llmemb", result, ids)
 
     body = TestClient(create_app(store, ServeConfig())).post("/recommend", json={"items": ids[5:8], "k": 10}).json()

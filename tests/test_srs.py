@@ -1,8 +1,11 @@
-"""srs: split, tensors, metrics by hand (full, sampled, tail), item sources x backbones, training
-in-process (every backbone) and through Ray (SASRec id, then LLMEmb aligned to it)."""
+"""srs: split, tensors, metrics by hand (full, sampled, tail), item sources x backbones, per-backbone
+config defaults, the training state (safetensors + JSON), training in-process (every backbone) and
+through Ray (SASRec id, then LLMEmb aligned to it), resume."""
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +13,11 @@ import pytest
 import torch
 
 from cluster.config import SRSConfig
-from srs import ALL_METRICS, METRICS, MODELS, SOURCES, popularity_baseline, popularity_metrics, summarize, target_ranks, train_srs
+from srs import (ALL_METRICS, METRICS, MODELS, SOURCES, TrainState, Worker, build_model, fit, popularity_baseline,
+                 popularity_metrics, summarize, target_ranks, train)
 from srs.data import Ragged, TrainBatch, build_tensors, sample_negatives
 from srs.fusion import LLMEmbAdapter, SourceInputs, build_item_embedding, latent_categories
 from srs.metrics import report, sample_candidates, sampled_ranks, tail_items
-from srs.fit import build_model, fit
 from srs.models.transformer import GROUP_ROWS, TransformerEncoder
 
 N_ITEMS = 200
@@ -279,6 +282,29 @@ def test_sources_are_checked():
 
 
 @pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_each_backbone_takes_its_yaml_defaults_and_set_values_win(model_name):
+    import yaml
+
+    from cluster.config import load_config
+    from tests.conftest import REPO
+
+    defaults = yaml.safe_load((REPO / "srs" / "defaults" / f"{model_name}.yaml").read_text())
+    assert set(defaults) == {"loss", "dropout", "epochs", "patience"}
+    cfg = load_config(None, {"srs.model": model_name}).srs
+    assert {k: getattr(cfg, k) for k in defaults} == defaults and cfg == SRSConfig(model=model_name)
+    mine = load_config(None, {"srs.model": model_name, "srs.epochs": 3, "srs.dropout": 0.1}).srs
+    assert (mine.epochs, mine.dropout, mine.patience) == (3, 0.1, defaults["patience"])
+    assert SRSConfig.model_validate(mine.model_dump()) == mine   # how Ray workers and serving (srs.json) read it back
+
+
+def test_backbone_defaults_differ_where_measured_and_old_configs_read_as_before():
+    assert (SRSConfig().loss, SRSConfig().epochs) == ("ce", 200)
+    assert SRSConfig(model="bert4rec").patience == 40 and SRSConfig(model="gru4rec").patience == 5
+    # srs.json published before the defaults holds loss None: it still means what it was trained with.
+    assert SRSConfig(loss=None).resolved_loss == "bce" and SRSConfig(model="bert4rec", loss=None).resolved_loss == "ce"
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
 @pytest.mark.parametrize("position_from", ["last", "first"])
 def test_backbone_padding_invariance(model_name, position_from):
     torch.manual_seed(0)
@@ -345,8 +371,53 @@ def test_every_backbone_learns_in_process(cyclic, model_name, loss, epochs):
     torch.set_num_threads(1)  # what the Ray workers use; on a shared 2-core box 2 threads are slower
     torch.manual_seed(0)
     fitted = fit(build_model("id", len(item_ids), cfg), build_tensors(sequences, item_ids, cfg.max_len), cfg)
-    assert len(fitted.valid_curve) == fitted.epochs and fitted.valid_curve[fitted.best_epoch - 1] == fitted.valid["NDCG@10"]
+    state = fitted.state
+    assert len(state.curve) == state.epoch and state.curve[state.best_epoch - 1] == state.best_valid["NDCG@10"]
     assert fitted.test["HR@10"] > pop["HR@10"] + 0.3
+
+
+@dataclass
+class SavingWorker(Worker):
+    """Saves every epoch's training state in <folder>/epoch-<n>, as the Ray runner's checkpoints do."""
+
+    folder: Path = Path()
+
+    def checkpoint(self, state: TrainState | None) -> None:
+        (self.folder / f"epoch-{state.epoch}").mkdir(parents=True)
+        state.save(self.folder / f"epoch-{state.epoch}")
+
+
+def assert_same_state(a: TrainState, b: TrainState, skip: tuple[str, ...] = ()) -> None:
+    for f in fields(TrainState):
+        if f.name in skip:
+            continue
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if f.name == "optimizer":   # JSON has no tuples: Adam's betas come back as a list, which it reads alike
+            assert x["param_groups"] == json.loads(json.dumps(y["param_groups"]))
+            x, y = x["state"], y["state"]
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True, msg=f.name)
+
+
+def test_training_state_round_trips_without_pickle_and_resumes_exactly(cyclic, tmp_path: Path):
+    """Each epoch's TrainState is a safetensors + JSON pair that loads back equal, and the loop
+    continued from epoch 2's state ends exactly where the uninterrupted run ends."""
+    sequences, item_ids, _ = cyclic
+    cfg = SMALL.model_copy(update={"epochs": 4, "patience": 4})
+    data = build_tensors(sequences, item_ids, cfg.max_len)
+    torch.set_num_threads(1)  # as the runners set it (threads_per_worker): two threads' sums differ run to run
+
+    def run(name: str, state: TrainState | None = None):
+        torch.manual_seed(0)
+        return fit(build_model("id", data.n_items, cfg), data, cfg, SavingWorker(folder=tmp_path / name), state)
+
+    full = run("full")
+    assert sorted(f.name for f in (tmp_path / "full" / "epoch-2").iterdir()) == ["train_state.json", "train_state.safetensors"]
+    assert_same_state(TrainState.load(tmp_path / "full" / "epoch-4"), full.state)
+    assert TrainState.load(tmp_path) is None
+    resumed = run("resumed", TrainState.load(tmp_path / "full" / "epoch-2"))
+    assert resumed.resumed_from == 2 and full.resumed_from == 0
+    assert resumed.test == full.test and torch.equal(resumed.items, full.items)
+    assert_same_state(resumed.state, full.state, skip=("seconds", "train_seconds"))   # wall clock
 
 
 def test_sampled_ranking_is_easier_than_full(cyclic):
@@ -358,7 +429,7 @@ def test_sampled_ranking_is_easier_than_full(cyclic):
 @pytest.fixture(scope="module")
 def sasrec_id(ray_local, cyclic):
     sequences, item_ids, _ = cyclic
-    return train_srs(sequences, item_ids, SMALL, "id")
+    return train(sequences, item_ids, SMALL, "id", runner="ray")
 
 
 def test_sasrec_id_through_ray_beats_popularity(sasrec_id, cyclic):
@@ -372,14 +443,13 @@ def test_sasrec_id_through_ray_beats_popularity(sasrec_id, cyclic):
     assert result.seconds >= result.seconds_per_epoch * result.epochs > 0
 
 
-def test_in_process_training_is_the_same_run_as_ray_train(sasrec_id, cyclic):
-    """train_local (no Ray) runs the same split, model and loop: on the CPU it ends exactly where
+def test_local_runner_is_the_same_run_as_the_ray_runner(sasrec_id, cyclic):
+    """runner "local" (no Ray) runs the same split, model and loop: on the CPU it ends exactly where
     Ray Train's single worker does."""
-    from srs import train_local
-
     sequences, item_ids, _ = cyclic
-    local = train_local(sequences, item_ids, SMALL, "id", device="cpu")
+    local = train(sequences, item_ids, SMALL, "id", runner="local", device="cpu")
     assert local.valid_curve == sasrec_id.valid_curve and local.test == sasrec_id.test
+    assert local.valid == sasrec_id.valid and local.best_epoch == sasrec_id.best_epoch
     assert np.array_equal(local.item_table, sasrec_id.item_table)
 
 
@@ -397,7 +467,8 @@ def srs_benchmark():
 
 def test_benchmark_runs_from_saved_inputs_where_ray_is_not_installed(cyclic, tmp_path: Path):
     """benchmarks/srs.py --save-inputs here, then --inputs --in-process in a process that cannot
-    import Ray (a lone GPU box): llmemb pre-trains its ID model and trains, all in-process."""
+    import Ray (a lone GPU box): llmemb pre-trains its ID model and trains, all in-process, printing
+    each epoch as it ends. A data set named by its path leaves its results in --out, not beside it."""
     import subprocess
     import sys
 
@@ -416,34 +487,47 @@ def test_benchmark_runs_from_saved_inputs_where_ray_is_not_installed(cyclic, tmp
     overrides = [f"--set={k}={v}" for k, v in small.items()]
     script = ("import sys, runpy; sys.modules['ray'] = None; sys.argv = ['srs.py', *sys.argv[1:]]; "
               "runpy.run_path('benchmarks/srs.py', run_name='__main__')")
-    out = subprocess.run([sys.executable, "-c", script, "--dataset", "cyclic", "--source", "llmemb", "--ranking",
+    data = tmp_path / "shop" / "cyclic"
+    data.mkdir(parents=True)
+    out = subprocess.run([sys.executable, "-c", script, "--dataset", str(data), "--source", "llmemb", "--ranking",
                           "sampled", "--seeds", "42", "--inputs", str(bundle), "--in-process",
                           "--out", str(tmp_path / "out"), *overrides],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-1]
-    assert last.startswith("srs: dataset=cyclic model=sasrec source=llmemb ranking=sampled HR@10=")
+    assert last.startswith(f"srs: dataset={data} model=sasrec source=llmemb ranking=sampled HR@10=")
     assert float(last.split("HR@10=")[1].split()[0]) > 0.4   # popularity: ~0.1 of 101 candidates
     assert (tmp_path / "out" / "cyclic-sasrec-llmemb-sampled.csv").exists()
+    assert list((tmp_path / "shop").iterdir()) == [data] and not list(data.iterdir())
+    assert "[srs sasrec/id] epoch 1 loss" in out.stderr and "[srs sasrec/llmemb] epoch 1 loss" in out.stderr
 
 
 def test_llmemb_aligned_to_the_id_model_through_ray(sasrec_id, cyclic, tmp_path: Path):
     sequences, item_ids, pop = cyclic
     cfg = SMALL.model_copy(update={"ranking": "sampled"})
-    result = train_srs(sequences, item_ids, cfg, "llmemb", item_embeddings=cycle_embeddings(),
-                       storage_path=str(tmp_path), id_item_embeddings=sasrec_id.item_table)
+    result = train(sequences, item_ids, cfg, "llmemb", runner="ray", item_embeddings=cycle_embeddings(),
+                   storage_path=str(tmp_path), id_item_embeddings=sasrec_id.item_table)
     assert result.test["HR@10"] > popularity_metrics(sequences, item_ids, ranking="sampled")["HR@10"] + 0.3
     checkpoint = Path(result.checkpoint)
     assert (checkpoint / "model.safetensors").exists() and (checkpoint / "items.safetensors").exists()
+    # Every file Ray Train stored for the run is safetensors or JSON: nothing to unpickle.
+    assert {f.suffix for f in tmp_path.rglob("checkpoint_*/*")} == {".safetensors", ".json"}
+    assert TrainState.load(checkpoint).curve == result.valid_curve
 
 
-def test_train_srs_rejects_missing_inputs_before_starting_ray(cyclic):
+def test_train_rejects_missing_inputs_and_misplaced_options_before_starting_ray(cyclic):
     sequences, item_ids, _ = cyclic
     with pytest.raises(ValueError, match="needs llm"):
-        train_srs(sequences, item_ids, SMALL, "llmemb")
+        train(sequences, item_ids, SMALL, "llmemb")
     with pytest.raises(ValueError, match="needs id_table"):
-        train_srs(sequences, item_ids, SMALL, "tslrec", item_embeddings=cycle_embeddings(),
-                  id_item_embeddings=np.zeros((N_ITEMS, 3), dtype=np.float32))
+        train(sequences, item_ids, SMALL, "tslrec", item_embeddings=cycle_embeddings(),
+              id_item_embeddings=np.zeros((N_ITEMS, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="unknown runner"):
+        train(sequences, item_ids, SMALL, "id", runner="spark")
+    with pytest.raises(ValueError, match="keeps no checkpoints"):
+        train(sequences, item_ids, SMALL, "id", runner="local", storage_path="/tmp/x")
+    with pytest.raises(ValueError, match="device is for runner='local'"):
+        train(sequences, item_ids, SMALL, "id", device="cpu")
 
 
 @pytest.mark.slow
@@ -456,7 +540,7 @@ def test_a_killed_training_run_resumes_to_the_same_result(ray_local, cyclic, tmp
     import sys
     import time
 
-    from srs.train import run_key
+    from srs.runners import run_key
     from tests.conftest import REPO
 
     sequences, item_ids, _ = cyclic
@@ -464,10 +548,10 @@ def test_a_killed_training_run_resumes_to_the_same_result(ray_local, cyclic, tmp
     storage = tmp_path / "ray-train"
     run_dir = storage / run_key(sequences, item_ids, cfg, "id")
     script = (
-        "import sys, ray; from cluster.config import SRSConfig; from srs import train_srs; "
+        "import sys, ray; from cluster.config import SRSConfig; from srs import train; "
         "from tests.test_srs import cyclic_sequences; "
         f"ray.init(address={ray_local.get_runtime_context().gcs_address!r}); seqs, items = cyclic_sequences(); "
-        f"train_srs(seqs, items, SRSConfig.model_validate_json(sys.argv[1]), 'id', storage_path={str(storage)!r})"
+        f"train(seqs, items, SRSConfig.model_validate_json(sys.argv[1]), 'id', storage_path={str(storage)!r})"
     )
     driver = subprocess.Popen([sys.executable, "-c", script, cfg.model_dump_json()], cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -479,13 +563,13 @@ def test_a_killed_training_run_resumes_to_the_same_result(ray_local, cyclic, tmp
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    resumed = train_srs(sequences, item_ids, cfg, "id", storage_path=str(storage))
+    resumed = train(sequences, item_ids, cfg, "id", storage_path=str(storage))
     assert 1 <= resumed.resumed_from < cfg.epochs   # the newest checkpoint Ray Train had registered
-    uninterrupted = train_srs(sequences, item_ids, cfg, "id", storage_path=str(tmp_path / "fresh"))
+    uninterrupted = train(sequences, item_ids, cfg, "id", storage_path=str(tmp_path / "fresh"))
     assert uninterrupted.resumed_from == 0
     assert resumed.valid_curve == uninterrupted.valid_curve and resumed.test == uninterrupted.test
     assert np.array_equal(resumed.item_table, uninterrupted.item_table)
-    again = train_srs(sequences, item_ids, cfg, "id", storage_path=str(storage))   # finished: only re-tested
+    again = train(sequences, item_ids, cfg, "id", storage_path=str(storage))   # finished: only re-tested
     assert again.resumed_from == cfg.epochs and again.test == resumed.test
     assert json.loads((Path(resumed.checkpoint) / "srs.json").read_text())["source"] == "id"
 

@@ -1,0 +1,173 @@
+"""The SRS epoch loop, with no Ray in it: build a model, `fit` it with early stopping on validation
+NDCG@10, evaluate it. Both runners (srs.runners: in this process; srs.ray_runner: Ray Train
+workers) run this same loop; a `Worker` tells it where it runs and what to do between epochs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from cluster.config import SRSConfig
+from srs.data import Ragged, SeqTensors, TrainBatch, sample_negatives
+from srs.fusion import SourceInputs, build_item_embedding
+from srs.metrics import rank_cases, report, sample_candidates, tail_items
+from srs.models import MODELS, SeqRecommender
+from srs.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+def build_model(
+    source: str,
+    n_items: int,
+    cfg: SRSConfig,
+    item_embeddings: np.ndarray | None = None,
+    attribute_scores: np.ndarray | None = None,
+    id_item_embeddings: np.ndarray | None = None,
+) -> SeqRecommender:
+    items = build_item_embedding(source, n_items, cfg, SourceInputs(item_embeddings, attribute_scores, id_item_embeddings))
+    return MODELS[cfg.model](items, cfg)
+
+
+@torch.no_grad()
+def evaluate(
+    model: SeqRecommender,
+    inputs: np.ndarray,
+    seen: Ragged,
+    targets: np.ndarray,
+    tail: np.ndarray,
+    device: torch.device | str = "cpu",
+    candidates: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Overall and tail metrics of `model` on the cases: full ranking, or sampled with `candidates`."""
+    model.eval()
+    return report(rank_cases(model.score_all, inputs, seen, targets, candidates, device), targets, tail)
+
+
+@dataclass
+class Worker:
+    """Where one copy of the loop runs and what it does between epochs. As it stands: the only
+    worker, on `device`, keeping nothing (the local runner); srs.ray_runner's workers share rank 0's
+    stopping decision and checkpoint every epoch. `label` names the run in log lines."""
+
+    device: torch.device | str = "cpu"
+    rank: int = 0
+    world_size: int = 1
+    label: str = ""
+
+    def agree(self, stop: bool) -> bool:
+        """Rank 0's early-stopping decision, made every rank's."""
+        return stop
+
+    def checkpoint(self, state: TrainState | None) -> None:
+        """Called by every rank after each epoch: rank 0 with the training state, the others with None."""
+
+
+@dataclass
+class Fitted:
+    """What rank 0 keeps of a run: the last epoch's training state (which holds the best epoch, its
+    weights and validation metrics), the best weights' test metrics and item table [n_items, d]
+    (row i = item_ids[i]; what serving loads), and the epoch a resumed run started after."""
+
+    state: TrainState
+    test: dict[str, float]
+    items: torch.Tensor
+    resumed_from: int = 0
+
+    def metrics(self) -> dict:
+        """Flat metrics, as Ray Train reports them and SRSResult.from_metrics reads them."""
+        s, epochs = self.state, len(self.state.curve)
+        return {
+            **{f"test/{k}": v for k, v in self.test.items()},
+            **{f"valid/{k}": v for k, v in s.best_valid.items()},
+            "best_epoch": s.best_epoch,
+            "epochs": epochs,
+            "seconds_per_epoch": s.seconds / epochs,
+            "train_seconds_per_epoch": s.train_seconds / epochs,
+            "resumed_from": self.resumed_from,
+            "valid_curve": s.curve,
+        }
+
+
+def fit(
+    model: torch.nn.Module, data: SeqTensors, cfg: SRSConfig, worker: Worker | None = None, state: TrainState | None = None
+) -> Fitted | None:
+    """Train `model` (a SeqRecommender, or DDP around one) with early stopping on validation
+    NDCG@10, continuing after `state` when given (a checkpoint of the same run; carried on in
+    place, it becomes the returned Fitted.state). Rank 0 returns
+    the best epoch (its weights loaded back into the model) with test metrics; other ranks None.
+    Without a `worker`: the only one, on the CPU."""
+    worker = worker or Worker()
+    net: SeqRecommender = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    device, rank = worker.device, worker.rank
+    dataset = TensorDataset(torch.tensor(data.train_inputs), torch.tensor(data.train_targets))  # ray.get's arrays are read-only
+    # Each rank's shuffled share of the rows, the same size on every rank (as DDP needs), in plain random batches:
+    # batches grouped by length saved padding but lost 13% HR@10 on Beauty (benchmarks/RESULTS.md).
+    rows = DistributedSampler(dataset, num_replicas=worker.world_size, rank=rank, seed=cfg.seed)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=rows)
+    negatives = torch.Generator(device=device).manual_seed(cfg.seed + rank)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    tail = tail_items(data.train_seen, data.n_items)
+    candidates = None
+    if cfg.ranking == "sampled":
+        candidates = sample_candidates(data.test_seen, data.test_targets, data.n_items)
+
+    s = state or TrainState()
+    if state is not None:
+        net.load_state_dict(s.model)
+        optimizer.load_state_dict(s.optimizer)
+        torch.set_rng_state(s.torch_rng)
+        negatives.set_state(s.negatives_rng)
+        log.info("[srs %s] resuming after epoch %d", worker.label, s.epoch)
+    resumed_from = s.epoch
+    for epoch in range(s.epoch + 1, cfg.epochs + 1):
+        if s.stopped:
+            break
+        t0 = time.perf_counter()
+        rows.set_epoch(epoch)
+        model.train()
+        total, steps = 0.0, 0
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(device), targets.to(device)
+            neg = sample_negatives(inputs, targets, data.n_items, negatives) if net.needs_negatives else None
+            loss = model(TrainBatch(inputs, targets, neg))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+        s.train_seconds += time.perf_counter() - t0
+        stop = False
+        if rank == 0:
+            valid = evaluate(net, data.valid_inputs, data.valid_seen, data.valid_targets, tail, device, candidates)
+            s.curve.append(valid["NDCG@10"])
+            if valid["NDCG@10"] > s.best_ndcg:
+                s.best_ndcg, s.best_epoch, s.best_valid, s.bad_epochs = valid["NDCG@10"], epoch, valid, 0
+                s.best_model = _weights(net)
+            else:
+                s.bad_epochs += 1
+            stop = s.bad_epochs >= cfg.patience
+            log.info("[srs %s] epoch %d loss %.4f valid NDCG@10 %.4f %.1fs",
+                     worker.label, epoch, total / max(steps, 1), valid["NDCG@10"], time.perf_counter() - t0)
+        s.epoch, s.stopped = epoch, worker.agree(stop)
+        s.seconds += time.perf_counter() - t0
+        if rank == 0:
+            s.model, s.optimizer = _weights(net), optimizer.state_dict()
+            s.torch_rng, s.negatives_rng = torch.get_rng_state(), negatives.get_state()
+        worker.checkpoint(s if rank == 0 else None)
+    if rank != 0:
+        return None
+    net.load_state_dict(s.best_model)
+    test = evaluate(net, data.test_inputs, data.test_seen, data.test_targets, tail, device, candidates)
+    with torch.no_grad():
+        items = net.items.table()[1:].detach().cpu().clone()   # a view of the ID table would still require grad
+    return Fitted(s, test, items, resumed_from)
+
+
+def _weights(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the weights, which later steps (and loading the best epoch's back) leave alone."""
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
