@@ -113,6 +113,9 @@ class SRSConfig(_Section):
     align_gamma: float = Field(1.0, gt=0, description="LLMEmb alignment InfoNCE temperature.")
     llmemb_adapter: bool = Field(True, description="False: LLMEmb 'no adapter' ablation (PCA straight to hidden_size).")
     llmemb_freeze: bool = Field(True, description="False: LLMEmb 'unfrozen LLM emb' ablation (PCA'd embeddings trained).")
+    cold_items: float = Field(0.0, ge=0, lt=1, description="Cold-item protocol: this share of the items (seeded by "
+                              "seed) is left out of training and validation, as items added after training are; the "
+                              "test reports cold/ and warm/ metrics by the target's kind. 0: off.")
     id_init: Literal["random", "llm-pca"] = Field(
         "random", description="The id source's table: N(0, 0.02), or initialised from the PCA of the LLM embeddings "
         "(LLM-ESR's ID view; then it reads the embeddings run).")

@@ -63,7 +63,8 @@ class SeqTensors:
     train_inputs/train_targets: one row per user with >= 2 training items (RecBole/SASRec
     style): the last max_len items of seq[:-2] shifted by one, so every position is trained at
     once. valid_*/test_*: one case per user; `inputs` is the history the model reads (the last
-    max_len items), `seen` the whole history, masked in full ranking (see srs.metrics).
+    max_len items), `seen` the whole history, masked in full ranking (see srs.metrics). With
+    `cold`, those items appear only as test targets: as with items added after training.
     """
 
     n_items: int
@@ -75,6 +76,12 @@ class SeqTensors:
     test_inputs: np.ndarray
     test_seen: Ragged
     test_targets: np.ndarray
+    cold: np.ndarray | None = None   # [n_items + 1] bool: items training never sees (cold-item protocol)
+
+    @property
+    def warm(self) -> np.ndarray | None:
+        """[n_items] bool: the items training sees (None: all)."""
+        return None if self.cold is None else ~self.cold[1:]
 
     @property
     def valid_seen(self) -> Ragged:
@@ -98,9 +105,23 @@ def training_windows(seq: Sequence[int], max_len: int) -> list[tuple[Sequence[in
             for end in range(len(inputs), 0, -max_len)]
 
 
-def build_tensors(sequences: Mapping[str, Sequence[str]], item_ids: Sequence[str], max_len: int) -> SeqTensors:
-    """Encode, split leave-one-out and pad."""
-    split = leave_one_out(encode(sequences, item_ids))
+def cold_items(n_items: int, share: float, seed: int) -> np.ndarray | None:
+    """[n_items + 1] bool: a seeded random `share` of the items (None when share is 0)."""
+    if not share:
+        return None
+    cold = np.zeros(n_items + 1, dtype=bool)
+    cold[np.random.default_rng(seed).choice(n_items, size=max(round(share * n_items), 1), replace=False) + 1] = True
+    return cold
+
+
+def build_tensors(sequences: Mapping[str, Sequence[str]], item_ids: Sequence[str], max_len: int,
+                  cold: np.ndarray | None = None) -> SeqTensors:
+    """Encode, split leave-one-out and pad. With `cold` (see cold_items), cold items are removed
+    from every sequence but its last item (the test target): training and validation never see them."""
+    encoded = encode(sequences, item_ids)
+    if cold is not None:
+        encoded = {u: [v for v in seq[:-1] if not cold[v]] + seq[-1:] for u, seq in encoded.items()}
+    split = leave_one_out(encoded)
     users = list(split.train)
     train = [split.train[u] for u in users]
     valid_targets = [split.valid[u][1] for u in users]
@@ -116,6 +137,7 @@ def build_tensors(sequences: Mapping[str, Sequence[str]], item_ids: Sequence[str
         test_inputs=pad_left(test_history, max_len),
         test_seen=Ragged.from_rows(test_history),
         test_targets=np.asarray([split.test[u][1] for u in users], dtype=np.int64),
+        cold=cold,
     )
 
 
@@ -129,16 +151,21 @@ class TrainBatch(NamedTuple):
 
 
 def sample_negatives(
-    inputs: torch.Tensor, targets: torch.Tensor, n_items: int, generator: torch.Generator, tries: int = 5
+    inputs: torch.Tensor, targets: torch.Tensor, candidates: torch.Tensor, generator: torch.Generator, tries: int = 5
 ) -> torch.Tensor:
-    """One uniform negative per target position, redrawn (a few times, vectorized) when it hits
-    an item of the user's training sequence, as in SASRec's sampler; 0 where the target is pad."""
+    """One uniform negative per target position from `candidates` (the items training knows),
+    redrawn (a few times, vectorized) when it hits an item of the user's training sequence, as in
+    SASRec's sampler; 0 where the target is pad."""
     seen = torch.cat([inputs, targets[:, -1:]], dim=1)  # inputs plus the last target = the whole sequence
-    neg = torch.randint(1, n_items + 1, targets.shape, generator=generator, device=targets.device)
+
+    def draw(shape) -> torch.Tensor:
+        return candidates[torch.randint(0, len(candidates), shape, generator=generator, device=targets.device)]
+
+    neg = draw(targets.shape)
     for _ in range(tries):
         clash = (neg.unsqueeze(-1) == seen.unsqueeze(1)).any(-1)
         n_clash = int(clash.sum())
         if n_clash == 0:
             break
-        neg[clash] = torch.randint(1, n_items + 1, (n_clash,), generator=generator, device=targets.device)
+        neg[clash] = draw((n_clash,))
     return neg.masked_fill(targets == 0, 0)

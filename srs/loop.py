@@ -29,8 +29,10 @@ def build_model(
     item_embeddings: np.ndarray | None = None,
     attribute_scores: np.ndarray | None = None,
     id_item_embeddings: np.ndarray | None = None,
+    warm: np.ndarray | None = None,
 ) -> SeqRecommender:
-    items = build_item_embedding(source, n_items, cfg, SourceInputs(item_embeddings, attribute_scores, id_item_embeddings))
+    items = build_item_embedding(source, n_items, cfg,
+                                 SourceInputs(item_embeddings, attribute_scores, id_item_embeddings, warm))
     return MODELS[cfg.model](items, cfg)
 
 
@@ -43,10 +45,19 @@ def evaluate(
     tail: np.ndarray,
     device: torch.device | str = "cpu",
     candidates: np.ndarray | None = None,
+    cold: np.ndarray | None = None,
+    known_only: bool = False,
 ) -> dict[str, float]:
-    """Overall and tail metrics of `model` on the cases: full ranking, or sampled with `candidates`."""
+    """Overall and tail metrics of `model` on the cases: full ranking, or sampled with `candidates`.
+    With `cold` (the cold-item protocol) also cold/ and warm/ ones; with `known_only` cold items are
+    not candidates (validation: what the model knows while it trains)."""
     model.eval()
-    return report(rank_cases(model.score_all, inputs, seen, targets, candidates, device), targets, tail)
+    score_all = model.score_all
+    if known_only and cold is not None:
+        unknown = torch.from_numpy(cold).to(device)
+        score_all = lambda seq: model.score_all(seq).masked_fill(unknown, -torch.inf)  # noqa: E731
+    return report(rank_cases(score_all, inputs, seen, targets, candidates, device), targets, tail,
+                  None if known_only else cold)
 
 
 @dataclass
@@ -111,6 +122,10 @@ def fit(
     rows = DistributedSampler(dataset, num_replicas=worker.world_size, rank=rank, seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=rows)
     negatives = torch.Generator(device=device).manual_seed(cfg.seed + rank)
+    known = torch.arange(1, data.n_items + 1, device=device)
+    if data.cold is not None:   # items training never sees: no negatives, no softmax candidates
+        known = known[~torch.from_numpy(data.cold[1:]).to(device)]
+        net.unseen = torch.from_numpy(np.flatnonzero(data.cold)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     tail = tail_items(data.train_seen, data.n_items)
     candidates = None
@@ -134,7 +149,7 @@ def fit(
         total, steps = 0.0, 0
         for inputs, targets in loader:
             inputs, targets = inputs.to(device), targets.to(device)
-            neg = sample_negatives(inputs, targets, data.n_items, negatives) if net.needs_negatives else None
+            neg = sample_negatives(inputs, targets, known, negatives) if net.needs_negatives else None
             loss = model(TrainBatch(inputs, targets, neg))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -143,7 +158,8 @@ def fit(
         s.train_seconds += time.perf_counter() - t0
         stop = False
         if rank == 0:
-            valid = evaluate(net, data.valid_inputs, data.valid_seen, data.valid_targets, tail, device, candidates)
+            valid = evaluate(net, data.valid_inputs, data.valid_seen, data.valid_targets, tail, device, candidates,
+                             data.cold, known_only=True)
             s.curve.append(valid["NDCG@10"])
             if valid["NDCG@10"] > s.best_ndcg:
                 s.best_ndcg, s.best_epoch, s.best_valid, s.bad_epochs = valid["NDCG@10"], epoch, valid, 0
@@ -162,7 +178,7 @@ def fit(
     if rank != 0:
         return None
     net.load_state_dict(s.best_model)
-    test = evaluate(net, data.test_inputs, data.test_seen, data.test_targets, tail, device, candidates)
+    test = evaluate(net, data.test_inputs, data.test_seen, data.test_targets, tail, device, candidates, data.cold)
     with torch.no_grad():
         items = net.items.table()[1:].detach().cpu().clone()   # a view of the ID table would still require grad
     return Fitted(s, test, items, resumed_from)

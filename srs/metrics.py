@@ -14,7 +14,9 @@ In both modes ties with the target count against it, so a constant scorer earns 
 Metrics from the 0-based rank r of the target: HR@K = [r < K], NDCG@K = [r < K] / log2(r + 2)
 (one relevant item, so IDCG = 1), MRR = 1 / (r + 1); averaged over cases. "Tail" metrics
 (LLMEmb, Pareto split) average over the cases whose target is among the 80% least popular
-items by training-split count, reported beside the overall ones as "tail/<metric>".
+items by training-split count, reported beside the overall ones as "tail/<metric>". Under the
+cold-item protocol (srs.data.cold_items) "cold/<metric>" and "warm/<metric>" average over the cases
+whose target is, or is not, a cold item.
 """
 from __future__ import annotations
 
@@ -102,12 +104,16 @@ def summarize(ranks: torch.Tensor) -> dict[str, float]:
     return out
 
 
-def report(ranks: torch.Tensor, targets: np.ndarray, tail: np.ndarray) -> dict[str, float]:
-    """Overall metrics plus "tail/" ones over the cases whose target is a tail item (NaN when
-    there is none)."""
-    on_tail = torch.from_numpy(tail[targets])
-    tail_part = summarize(ranks[on_tail]) if bool(on_tail.any()) else dict.fromkeys(METRICS, float("nan"))
-    return {**summarize(ranks), **{f"tail/{k}": v for k, v in tail_part.items()}}
+def report(ranks: torch.Tensor, targets: np.ndarray, tail: np.ndarray, cold: np.ndarray | None = None) -> dict[str, float]:
+    """Overall metrics plus "tail/" ones over the cases whose target is a tail item, and with
+    `cold` "cold/" and "warm/" ones (NaN for a group without cases)."""
+    groups = {"tail": tail} if cold is None else {"tail": tail, "cold": cold, "warm": ~cold}
+    out = summarize(ranks)
+    for name, members in groups.items():
+        on = torch.from_numpy(members[targets])
+        part = summarize(ranks[on]) if bool(on.any()) else dict.fromkeys(METRICS, float("nan"))
+        out |= {f"{name}/{k}": v for k, v in part.items()}
+    return out
 
 
 def rank_cases(

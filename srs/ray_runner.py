@@ -62,7 +62,7 @@ def _train_loop(config: dict) -> None:
     worker = RayWorker(ray.train.torch.get_device(), context.get_world_rank(), context.get_world_size(),
                        f"{cfg.model}/{config['source']}")
     model = ray.train.torch.prepare_model(
-        build_model(config["source"], data.n_items, cfg, inputs.llm, inputs.attributes, inputs.id_table),
+        build_model(config["source"], data.n_items, cfg, inputs.llm, inputs.attributes, inputs.id_table, data.warm),
         # Frozen tables are identical on every worker: no need to sync them every step.
         parallel_strategy_kwargs={"forward_sync_buffers": False},
     )

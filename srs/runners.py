@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 import torch
 
 from cluster.config import SRSConfig
-from srs.data import SeqTensors, build_tensors
+from srs.data import SeqTensors, build_tensors, cold_items
 from srs.fusion import SourceInputs, check_source, required_inputs
 from srs.loop import Worker, build_model, fit
 from srs.metrics import ALL_METRICS
@@ -32,7 +32,7 @@ RUNNERS = ("ray", "local")
 
 @dataclass(frozen=True)
 class SRSResult:
-    """Test metrics (overall and "tail/") of the best-validation epoch. `seconds` is the whole
+    """Test metrics (overall, "tail/", and "cold/" and "warm/" under the cold-item protocol) of the best-validation epoch. `seconds` is the whole
     call (Ray worker start and any ID pre-training included); `seconds_per_epoch` is training
     plus validation time per epoch on rank 0, `train_seconds_per_epoch` training alone;
     `resumed_from` the last epoch a previous attempt had finished (0: a fresh run). `checkpoint` is
@@ -57,7 +57,7 @@ class SRSResult:
     def from_metrics(cls, m: Mapping, seconds: float, checkpoint: str | None, item_table: np.ndarray) -> SRSResult:
         """From the flat metrics a run reports (Fitted.metrics)."""
         return cls(
-            test={k: m[f"test/{k}"] for k in ALL_METRICS},
+            test={k.removeprefix("test/"): v for k, v in m.items() if k.startswith("test/")},
             valid={k: m[f"valid/{k}"] for k in ALL_METRICS},
             best_epoch=int(m["best_epoch"]),
             epochs=int(m["epochs"]),
@@ -131,7 +131,7 @@ def run_local(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(cfg.threads_per_worker)
     torch.manual_seed(cfg.seed)
-    model = build_model(source, data.n_items, cfg, inputs.llm, inputs.attributes, inputs.id_table).to(device)
+    model = build_model(source, data.n_items, cfg, inputs.llm, inputs.attributes, inputs.id_table, data.warm).to(device)
     fitted = fit(model, data, cfg, Worker(device, label=f"{cfg.model}/{source}"))
     return fitted.metrics(), fitted.items.numpy()
 
@@ -146,7 +146,7 @@ def prepare_run(
     needs = required_inputs(source, cfg)
     pretrain = "id_table" in needs and inputs.id_table is None
     check_source(source, len(item_ids), cfg, inputs, tuple(n for n in needs if not (pretrain and n == "id_table")))
-    data = build_tensors(sequences, item_ids, cfg.max_len)
+    data = build_tensors(sequences, item_ids, cfg.max_len, cold_items(len(item_ids), cfg.cold_items, cfg.seed))
     if len(data.train_inputs) == 0:
         raise ValueError("no user has the 4+ items needed for a training example")
     return data, inputs, pretrain

@@ -15,7 +15,7 @@ import torch
 from cluster.config import SRSConfig
 from srs import (ALL_METRICS, METRICS, MODELS, SOURCES, TrainState, Worker, build_model, fit, popularity_baseline,
                  popularity_metrics, summarize, target_ranks, train)
-from srs.data import Ragged, TrainBatch, build_tensors, sample_negatives
+from srs.data import Ragged, TrainBatch, build_tensors, cold_items, sample_negatives
 from srs.fusion import LLMEmbAdapter, SourceInputs, build_item_embedding, latent_categories
 from srs.metrics import report, sample_candidates, sampled_ranks, tail_items
 from srs.models.transformer import GROUP_ROWS, TransformerEncoder
@@ -73,10 +73,32 @@ def test_long_sequences_train_every_next_item_in_windows():
     np.testing.assert_array_equal(data.valid_inputs, [[5, 6, 7]])
 
 
+def test_cold_items_appear_only_as_test_targets():
+    sequences, ids = cyclic_sequences(n_items=50, n_users=200)
+    cold = cold_items(50, 0.2, seed=3)
+    assert cold.sum() == 10 and not cold[0] and np.array_equal(cold, cold_items(50, 0.2, seed=3))
+    data = build_tensors(sequences, ids, max_len=20, cold=cold)
+    for part in (data.train_inputs, data.train_targets, data.valid_inputs, data.test_inputs, data.valid_targets):
+        assert not cold[part].any()
+    assert cold[data.test_targets].any() and (~cold[data.test_targets]).any()
+
+
+def test_cold_items_score_from_their_text_only_with_llm_sources():
+    """Cold items never reach training: ID-only cannot rank them, sources whose rows come from the
+    LLM embeddings can (the cycle embeddings encode where an item sits on the users' walk)."""
+    sequences, ids = cyclic_sequences()
+    cfg = SMALL.model_copy(update={"cold_items": 0.2, "align_alpha": 0.0, "loss": "ce", "epochs": 12})
+    id_only = train(sequences, ids, cfg, "id", runner="local")
+    dual = train(sequences, ids, cfg, "llmesr", runner="local", item_embeddings=cycle_embeddings())
+    assert id_only.test["cold/HR@10"] < 0.05 < 0.5 < dual.test["cold/HR@10"]
+    assert dual.test["warm/HR@10"] > 0.5 and id_only.test["warm/HR@10"] > 0.5
+    assert not any(k.startswith("cold/") for k in dual.valid)   # validation never ranks cold items
+
+
 def test_sample_negatives_avoid_the_users_items_and_padding():
     inputs = torch.tensor([[0, 1, 2, 3], [5, 6, 7, 8]])
     targets = torch.tensor([[0, 2, 3, 4], [6, 7, 8, 9]])
-    neg = sample_negatives(inputs, targets, n_items=12, generator=torch.Generator().manual_seed(0), tries=50)
+    neg = sample_negatives(inputs, targets, torch.arange(1, 13), generator=torch.Generator().manual_seed(0), tries=50)
     assert neg[0, 0] == 0
     for row, seen in zip(neg, ({1, 2, 3, 4}, {5, 6, 7, 8, 9})):
         assert all(1 <= int(v) <= 12 and int(v) not in seen for v in row if v != 0)

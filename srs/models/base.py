@@ -25,11 +25,14 @@ def trim_padding(seq: torch.Tensor) -> torch.Tensor:
     return seq[:, int((seq != 0).any(0).int().argmax()):]
 
 
-def full_softmax_ce(states: torch.Tensor, targets: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def full_softmax_ce(states: torch.Tensor, targets: torch.Tensor, table: torch.Tensor,
+                    unseen: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy of the targets [N] over every item, from states [N, d]; the padding
-    item is never a candidate."""
+    item and the `unseen` items (cold-item protocol) are never candidates."""
     logits = states @ table.T
     logits[:, 0] = -torch.inf
+    if unseen is not None:
+        logits[:, unseen] = -torch.inf
     return F.cross_entropy(logits, targets)
 
 
@@ -43,6 +46,7 @@ class SeqRecommender(nn.Module):
         super().__init__()
         self.items = items
         self.max_len = max_len
+        self.unseen: torch.Tensor | None = None   # items training must not score (cold-item protocol)
 
     def loss(self, batch: TrainBatch) -> torch.Tensor:
         raise NotImplementedError
@@ -91,7 +95,7 @@ class NextItemRecommender(SeqRecommender):
         targets = batch.targets[:, -h.shape[1]:]
         real = targets != 0
         if self.loss_kind == "ce":
-            return full_softmax_ce(h[real], targets[real], table)
+            return full_softmax_ce(h[real], targets[real], table, self.unseen)
         negatives = batch.negatives[:, -h.shape[1]:]
         pos = (h * table[targets]).sum(-1)
         neg = (h * table[negatives]).sum(-1)

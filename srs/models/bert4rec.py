@@ -45,7 +45,7 @@ class BERT4Rec(SeqRecommender):
         masked[:, -1] |= ~masked.any(1)
         views = self.items.views()
         h = torch.cat([self._encode(seq.masked_fill(masked, self.mask_index), view) for view in views], -1)
-        return full_softmax_ce(h[masked], seq[masked], torch.cat(views, 1))
+        return full_softmax_ce(h[masked], seq[masked], torch.cat(views, 1), self.unseen)
 
     def _user(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         history = seq[:, -(self.max_len - 1):]
