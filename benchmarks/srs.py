@@ -3,6 +3,7 @@
     python benchmarks/srs.py --dataset amazon-beauty --model sasrec --source id --ranking full --seeds 42
     python benchmarks/srs.py --dataset amazon-beauty --model bert4rec --source llmemb --ranking sampled --seeds 42 43 44
     python benchmarks/srs.py --dataset /data/my-shop --source id --in-process --set epochs=20
+    python benchmarks/srs.py --dataset amazon-beauty --source llmesr --cold-items 0.1 --seeds 42
 
 The training config is the backbone's defaults (srs/defaults/<model>.yaml, the best measured)
 with `--set` on top.
@@ -12,7 +13,9 @@ does. LLM sources read the committed embeddings run `--run` from `--store`; ger 
 scores of the run `--attributes` (one embedded with `guidedrec embed --attributes`). Prints one line
 per seed and a mean ± std table, writes <out>/<name>.md, .csv and (with matplotlib) a plot of
 validation NDCG@10 per epoch (<out> defaults to runs/srs-benchmarks in this repository, whatever
-the data set's path); the last line is the one-line summary of the means.
+the data set's path); the last line is the one-line summary of the means. `--cold-items F` runs the
+cold-item protocol (srs.cold_items): a seeded share F of the items never reaches training or
+validation, and cold/ and warm/ metrics (by the test target's kind) are reported beside the rest.
 
 Training runs through Ray Train (srs.train, runner "ray") or, with --in-process, in this process on
 its best device without Ray (runner "local"; each epoch's line is printed as it ends).
@@ -36,13 +39,14 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 KEYWORDS = {"llm": "item_embeddings", "attributes": "attribute_scores"}  # SourceInputs field -> srs.train keyword
 OUT = Path(__file__).resolve().parents[1] / "runs" / "srs-benchmarks"  # runs/ is git-ignored
 REPORTED = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR", "tail/HR@10", "tail/NDCG@10")
+COLD_REPORTED = ("cold/HR@10", "cold/NDCG@10", "warm/HR@10", "warm/NDCG@10")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="amazon-beauty")
     p.add_argument("--model", default="sasrec", choices=["sasrec", "gru4rec", "bert4rec"])
-    p.add_argument("--source", default="id", choices=["id", "llm-frozen", "llmemb", "ger", "tslrec"])
+    p.add_argument("--source", default="id", choices=["id", "llm-frozen", "llmemb", "ger", "tslrec", "llmesr"])
     p.add_argument("--ranking", default="full", choices=["full", "sampled"])
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     p.add_argument("--store", default="./store", help="storage root holding embeddings/<run> (LLM sources)")
@@ -51,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="embeddings run with attribute scores, for source ger (default: <dataset>-smollm2-base-attrs)")
     p.add_argument("--control", default=None, choices=["zero", "shuffle"],
                    help="ger ablation: all-zero attribute scores, or the items' scores shuffled among them (seed: --seeds[0])")
+    p.add_argument("--cold-items", type=float, default=0.0, metavar="F",
+                   help="cold-item protocol: a seeded share F of the items is never trained on (e.g. 0.1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="SRSConfig override, e.g. --set loss=ce --set epochs=50 (repeatable)")
     p.add_argument("--out", default=str(OUT), help="folder for the .md/.csv/.png results (default: runs/srs-benchmarks)")
@@ -73,9 +79,10 @@ def load_data(args: argparse.Namespace) -> tuple[dict[str, list[str]], list[str]
 
 def source_inputs(args: argparse.Namespace, item_ids: list[str]) -> dict:
     """The keyword arguments of srs.train the source needs; exits with the reason when absent."""
-    from cluster.config import Config, DatasetConfig, SRSConfig
+    from cluster.config import Config, DatasetConfig
+    from cluster.layout import run_name
     from cluster.storage import Store, StorageError
-    from llm.runs import aligned_attributes, aligned_vectors, run_name
+    from llm.runs import aligned_attributes, aligned_vectors
     from srs.fusion import required_inputs
 
     store, cfg = Store(args.store), Config(dataset=DatasetConfig(name=args.dataset))
@@ -83,7 +90,7 @@ def source_inputs(args: argparse.Namespace, item_ids: list[str]) -> dict:
                "attributes": (args.attributes or run_name(cfg, attributes=True), aligned_attributes,
                               "`guidedrec embed --attributes`")}
     kwargs: dict = {}
-    for field in required_inputs(args.source, SRSConfig()):
+    for field in required_inputs(args.source, config(args, args.seeds[0])):
         if field not in readers:
             continue  # the ID table: trained by the benchmark itself
         run, read, job = readers[field]
@@ -107,7 +114,7 @@ def save_inputs(path: str, sequences: dict[str, list[str]], item_ids: list[str],
     np.savez(path, users=np.array(users), item_ids=np.array(item_ids), items=flat, offsets=offsets, **matrices)
 
 
-def load_inputs(path: str, source: str) -> tuple[dict[str, list[str]], list[str], dict]:
+def load_inputs(path: str, source: str, srs_cfg) -> tuple[dict[str, list[str]], list[str], dict]:
     import numpy as np
 
     try:
@@ -117,10 +124,9 @@ def load_inputs(path: str, source: str) -> tuple[dict[str, list[str]], list[str]
     item_ids = f["item_ids"].tolist()
     items, offsets = f["items"], f["offsets"]
     sequences = {u: [item_ids[i] for i in items[offsets[k]:offsets[k + 1]]] for k, u in enumerate(f["users"].tolist())}
-    from cluster.config import SRSConfig
     from srs.fusion import required_inputs
 
-    needed = [KEYWORDS[n] for n in required_inputs(source, SRSConfig()) if n in KEYWORDS]
+    needed = [KEYWORDS[n] for n in required_inputs(source, srs_cfg) if n in KEYWORDS]
     missing = [n for n in needed if n not in f.files]
     if missing:
         sys.exit(f"srs benchmark: --inputs {path} has no {missing} for source {source!r} (it holds {f.files})")
@@ -144,23 +150,28 @@ def config(args: argparse.Namespace, seed: int):
     from cluster.config import SRSConfig
 
     updates = dict(kv.split("=", 1) for kv in args.overrides)
-    return SRSConfig.model_validate({**updates, "model": args.model, "ranking": args.ranking, "seed": seed})
+    return SRSConfig.model_validate({**updates, "model": args.model, "ranking": args.ranking, "seed": seed,
+                                     "cold_items": args.cold_items})
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def reported(args: argparse.Namespace) -> tuple[str, ...]:
+    return REPORTED + (COLD_REPORTED if args.cold_items else ())
+
+
 def write_results(args: argparse.Namespace, name: str, rows: list[dict], header: str) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    keys = ["seed", *REPORTED, "best_epoch", "epochs", "epoch_s"]
+    keys = ["seed", *reported(args), "best_epoch", "epochs", "epoch_s"]
     with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     table = ["| metric | mean | std |", "|---|---|---|"]
-    for k in (*REPORTED, "epoch_s"):
+    for k in (*reported(args), "epoch_s"):
         m, s = mean_std([r[k] for r in rows])
         table.append(f"| {k} | {m:.4f} | {s:.4f} |")
     (out / f"{name}.md").write_text(f"{header}\n\n" + "\n".join(table) + "\n")
@@ -187,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     from srs import popularity_metrics, train
 
     if args.inputs:
-        sequences, item_ids, kwargs = load_inputs(args.inputs, args.source)
+        sequences, item_ids, kwargs = load_inputs(args.inputs, args.source, config(args, args.seeds[0]))
     else:
         sequences, item_ids = load_data(args)
         kwargs = source_inputs(args, item_ids)
@@ -201,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         kwargs = ablated(kwargs, args.control, args.seeds[0])
     # A data set given as a directory is named by its last part: the results stay in --out.
     dataset = Path(args.dataset).resolve().name
-    name = f"{dataset}-{args.model}-{args.source}-{args.ranking}" + (f"-{args.control}" if args.control else "")
+    name = (f"{dataset}-{args.model}-{args.source}-{args.ranking}" + (f"-{args.control}" if args.control else "")
+            + (f"-cold{args.cold_items:g}" if args.cold_items else ""))
     n_interactions = sum(len(s) for s in sequences.values())
     print(f"{args.dataset}: {len(sequences)} users, {len(item_ids)} items, {n_interactions} interactions", flush=True)
     pop = popularity_metrics(sequences, item_ids, ranking=args.ranking)
@@ -220,20 +232,29 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         cfg = config(args, seed)
         r = train(sequences, item_ids, cfg, args.source, runner="local" if args.in_process else "ray", **kwargs)
-        row = {"seed": seed, **{k: r.test[k] for k in REPORTED}, "best_epoch": r.best_epoch, "epochs": r.epochs,
+        row = {"seed": seed, **{k: r.test[k] for k in reported(args)}, "best_epoch": r.best_epoch, "epochs": r.epochs,
                "epoch_s": r.seconds_per_epoch, "curve": r.valid_curve}
         rows.append(row)
         print(f"seed={seed} HR@10={row['HR@10']:.4f} NDCG@10={row['NDCG@10']:.4f} MRR={row['MRR']:.4f} "
-              f"tailHR@10={row['tail/HR@10']:.4f} best_epoch={r.best_epoch}/{r.epochs} "
+              f"tailHR@10={row['tail/HR@10']:.4f} " + cold_fields(args, row) + f"best_epoch={r.best_epoch}/{r.epochs} "
               f"epoch_s={r.seconds_per_epoch:.1f} total_s={r.seconds:.0f}", flush=True)
     overrides = " ".join(f"--set {kv}" for kv in args.overrides)
     header = (f"{name}: seeds {' '.join(map(str, args.seeds))}; {len(sequences)} users, {len(item_ids)} items; "
               f"config {cfg.model_dump(exclude={'seed', 'sources'})} {overrides}".rstrip())
     out = write_results(args, name, rows, header)
     print(Path(out, f"{name}.md").read_text(), flush=True)
-    hr, ndcg, tail, epoch_s = (mean_std([r[k] for r in rows])[0] for k in ("HR@10", "NDCG@10", "tail/HR@10", "epoch_s"))
+    means = {k: mean_std([r[k] for r in rows])[0] for k in (*reported(args), "epoch_s")}
     print(f"srs: dataset={args.dataset} model={args.model} source={args.source} ranking={args.ranking} "
-          f"HR@10={hr:.4f} NDCG@10={ndcg:.4f} tailHR@10={tail:.4f} epoch_s={epoch_s:.1f}", flush=True)
+          f"HR@10={means['HR@10']:.4f} NDCG@10={means['NDCG@10']:.4f} tailHR@10={means['tail/HR@10']:.4f} "
+          + cold_fields(args, means) + f"epoch_s={means['epoch_s']:.1f}", flush=True)
+
+
+def cold_fields(args: argparse.Namespace, m: dict) -> str:
+    """The cold-item protocol's figures for a result line ('' without it)."""
+    if not args.cold_items:
+        return ""
+    return (f"coldHR@10={m['cold/HR@10']:.4f} coldNDCG@10={m['cold/NDCG@10']:.4f} "
+            f"warmHR@10={m['warm/HR@10']:.4f} warmNDCG@10={m['warm/NDCG@10']:.4f} ")
 
 
 if __name__ == "__main__":

@@ -490,7 +490,8 @@ def srs_benchmark():
 def test_benchmark_runs_from_saved_inputs_where_ray_is_not_installed(cyclic, tmp_path: Path):
     """benchmarks/srs.py --save-inputs here, then --inputs --in-process in a process that cannot
     import Ray (a lone GPU box): llmemb pre-trains its ID model and trains, all in-process, printing
-    each epoch as it ends. A data set named by its path leaves its results in --out, not beside it."""
+    each epoch as it ends, and under --cold-items reports the cold items it never trained on. A data
+    set named by its path leaves its results in --out, not beside it."""
     import subprocess
     import sys
 
@@ -500,7 +501,7 @@ def test_benchmark_runs_from_saved_inputs_where_ray_is_not_installed(cyclic, tmp
     sequences, item_ids, _ = cyclic
     bundle = tmp_path / "inputs.npz"
     bench.save_inputs(str(bundle), sequences, item_ids, {"item_embeddings": cycle_embeddings()})
-    loaded_sequences, loaded_ids, kwargs = bench.load_inputs(str(bundle), "llmemb")
+    loaded_sequences, loaded_ids, kwargs = bench.load_inputs(str(bundle), "llmemb", SMALL)
     assert loaded_sequences == sequences and loaded_ids == item_ids
     assert np.allclose(kwargs["item_embeddings"], cycle_embeddings(), atol=1e-3)
 
@@ -512,14 +513,15 @@ def test_benchmark_runs_from_saved_inputs_where_ray_is_not_installed(cyclic, tmp
     data = tmp_path / "shop" / "cyclic"
     data.mkdir(parents=True)
     out = subprocess.run([sys.executable, "-c", script, "--dataset", str(data), "--source", "llmemb", "--ranking",
-                          "sampled", "--seeds", "42", "--inputs", str(bundle), "--in-process",
+                          "sampled", "--seeds", "42", "--inputs", str(bundle), "--in-process", "--cold-items", "0.2",
                           "--out", str(tmp_path / "out"), *overrides],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith(f"srs: dataset={data} model=sasrec source=llmemb ranking=sampled HR@10=")
     assert float(last.split("HR@10=")[1].split()[0]) > 0.4   # popularity: ~0.1 of 101 candidates
-    assert (tmp_path / "out" / "cyclic-sasrec-llmemb-sampled.csv").exists()
+    assert float(last.split("coldHR@10=")[1].split()[0]) > 0.4   # cold items ranked by their text alone
+    assert (tmp_path / "out" / "cyclic-sasrec-llmemb-sampled-cold0.2.csv").exists()
     assert list((tmp_path / "shop").iterdir()) == [data] and not list(data.iterdir())
     assert "[srs sasrec/id] epoch 1 loss" in out.stderr and "[srs sasrec/llmemb] epoch 1 loss" in out.stderr
 
