@@ -60,13 +60,14 @@ def _model_key(store: Store, run: str, source: str | None) -> tuple[tuple[str, s
     return (rel, json.dumps(store.manifest(rel), sort_keys=True)), None
 
 
-def _load_model(store: Store, key: tuple[str, str] | None, problem: str | None) -> dict:
-    """The Snapshot fields for the model named by `key` (from _model_key)."""
+def _load_model(store: Store, run: str, key: tuple[str, str] | None, problem: str | None) -> dict:
+    """The Snapshot fields for the model named by `key` (from _model_key), following the items of
+    the served embeddings run `run`."""
     if key is None:
         return {"model": None, "model_key": None, "model_problem": problem}
     rel = key[0]
     try:
-        return {"model": Recommender.load(store, rel), "model_key": key, "model_problem": None}
+        return {"model": Recommender.load(store, rel, run), "model_key": key, "model_problem": None}
     except Exception as e:   # a broken model must not take the index down; keyed, so not retried every poll
         log.exception("cannot load the SRS model %s", store.full_uri(rel))
         return {"model": None, "model_key": key, "model_problem": f"the SRS model {store.full_uri(rel)} cannot be loaded: {e}"}
@@ -81,7 +82,7 @@ def load_snapshot(store: Store, version: str, source: str | None = None) -> Snap
     except StorageError as e:
         log.warning("serving index %s without titles: %s", version, e)
         titles = {}
-    model = _load_model(store, *_model_key(store, manifest["run"], source))
+    model = _load_model(store, manifest["run"], *_model_key(store, manifest["run"], source))
     return Snapshot(version, manifest, index, titles, **model)
 
 
@@ -112,7 +113,7 @@ class LiveIndex:
         key, problem = _model_key(self.store, snap.manifest["run"], self.cfg.model_source)
         if key == snap.model_key:
             return False
-        self.snapshot = replace(snap, **_load_model(self.store, key, problem))
+        self.snapshot = replace(snap, **_load_model(self.store, snap.manifest["run"], key, problem))
         log.info("serving SRS model %s", self.snapshot.model.where if self.snapshot.model else None)
         return True
 

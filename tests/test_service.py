@@ -7,6 +7,7 @@ that trains one through Ray Train).
 from __future__ import annotations
 
 import contextlib
+import copy
 import socket
 import threading
 import time
@@ -62,7 +63,12 @@ def world(tmp_path_factory):
     models = {"id": publish_random_model(store, RUN, "id", model_ids, valid_ndcg=0.1),
               "llmemb": publish_random_model(store, RUN, "llmemb", model_ids, valid_ndcg=0.2,
                                              item_embeddings=vectors[:250])}
-    return SimpleNamespace(store=store, ids=ids, vectors=vectors, version=version, model_ids=model_ids, models=models)
+    # What the service serves: the llmemb model gives the 50 items it never trained on rows from their
+    # embeddings (the id model cannot, so it serves its 250).
+    served = copy.deepcopy(models["llmemb"])
+    served.items.add_items(torch.from_numpy(vectors[250:]))
+    return SimpleNamespace(store=store, ids=ids, vectors=vectors, version=version, model_ids=model_ids, models=models,
+                           served_llmemb=served)
 
 
 @pytest.fixture(scope="module")
@@ -118,15 +124,25 @@ def test_recommend_returns_the_models_ranking(client, world):
     seq = world.model_ids[10:14]
     body = client.post("/recommend", json={"items": seq, "k": 6}).json()
     assert f"models/{RUN}/llmemb/" in body["model"] and body["version"] == world.version and body["source"] == "llmemb"
-    ids, scores = expected_recommendations(world.models["llmemb"], world.model_ids, seq, 6, set(seq))
+    ids, scores = expected_recommendations(world.served_llmemb, world.ids, seq, 6, set(seq))
     assert [r["item_id"] for r in body["items"]] == ids
     np.testing.assert_allclose([r["score"] for r in body["items"]], scores, rtol=1e-4, atol=1e-5)
     assert all(r["title"] == f"Title {r['item_id']}" for r in body["items"])
 
     extra = ids[:2]
     body = client.post("/recommend", json={"items": seq, "k": 6, "exclude_seen": False, "exclude": extra}).json()
-    ids, _ = expected_recommendations(world.models["llmemb"], world.model_ids, seq, 6, set(extra))
+    ids, _ = expected_recommendations(world.served_llmemb, world.ids, seq, 6, set(extra))
     assert [r["item_id"] for r in body["items"]] == ids
+
+
+def test_items_the_model_never_trained_on_join_only_sources_that_read_text(client, world):
+    """item-00290 is indexed but was not in the models' training: the llmemb model gives it a row
+    from its embedding (it can be read in a history and recommended), the id model cannot."""
+    body = client.post("/recommend", json={"items": ["item-00290"], "k": MAX_K}).json()
+    assert body["source"] == "llmemb" and set(world.ids[250:]) & {r["item_id"] for r in body["items"]}
+    id_only = TestClient(create_app(world.store, ServeConfig(model_source="id")))
+    missing = id_only.post("/recommend", json={"items": ["item-00290"]})
+    assert missing.status_code == 404 and "item 'item-00290' is not in the catalog of the SRS model" in missing.text
 
 
 def test_recommend_with_the_configured_source(world):
@@ -202,7 +218,6 @@ def test_republishing_never_changes_the_files_of_a_loaded_version(tmp_path):
     ("post", "/search", {"k": 3}, 422, "vector"),
     ("post", "/recommend", {"items": []}, 422, "at least 1 item"),
     ("post", "/recommend", {"items": ["item-00001", "ghost"]}, 404, "item 'ghost' is not in the catalog of the SRS model"),
-    ("post", "/recommend", {"items": ["item-00290"]}, 404, "item 'item-00290'"),   # indexed, but not in the model
     ("post", "/recommend", {"items": ["item-00001"], "k": -1}, 422, "greater than or equal to 1"),
 ])
 def test_bad_requests_are_4xx_naming_the_problem(client, method, path, payload, status, message):
