@@ -285,3 +285,37 @@ def test_recommend_keeps_its_model_across_updates(world):
         after = client.post("/recommend", json={"items": history, "k": 5})
         assert after.status_code == 200, after.text
         assert after.json()["model"] == before.json()["model"] and after.json()["version"] == update["version"]
+
+
+@pytest.mark.slow
+def test_items_added_after_training_are_recommended_without_retraining(world):
+    """An llmesr model trained before an update serves the items the update adds, from their text:
+    a new item worded like the model's first pick for a history comes back for that history."""
+    from fastapi.testclient import TestClient
+
+    from catalog.publish import publish_catalog
+    from cluster.config import ServeConfig
+    from index import create_app
+    from jobs.train import run_train
+
+    store, root = world["store"], world["root"]
+    cfg = world["cfg"].model_copy(update={
+        "srs": world["cfg"].srs.model_copy(update={"sources": ["llmesr"], "epochs": 5, "hidden_size": 16,
+                                                   "max_len": 8, "pca_dim": 16}),
+        "dataset": world["cfg"].dataset.model_copy(update={"min_interactions": 1})})
+    publish_catalog(cfg, store)
+    run_train(cfg, store)
+    rel = f"models/{world['base_run']}/llmesr"
+    history = store.read_parquet(f"{rel}/{store.manifest(rel)['version']}/items.parquet")["item_id"].to_pylist()[:3]
+    app = create_app(store, ServeConfig(model_source="llmesr"))
+    with TestClient(app) as client:
+        first = client.post("/recommend", json={"items": history, "k": 1}).json()["items"][0]["item_id"]
+        live = store.read_parquet(f"catalog/{version_manifest(store)['run']}/items.parquet").to_pylist()
+        row = next(r for r in live if r["item_id"] == first)
+        feed = root / "twin.jsonl"
+        feed.write_text(json.dumps({c: row[c] for c in TEXT} | {"item_id": "NEW-TWIN", "title": row["title"] + " (twin pack)"}) + "\n")
+        update = run_update(cfg, feed, store, delta=True)
+        assert app.state.live.refresh() and app.state.live.snapshot.version == update["version"]
+        body = client.post("/recommend", json={"items": history, "k": 10}).json()
+        assert "NEW-TWIN" in [r["item_id"] for r in body["items"]], body
+        assert client.post("/recommend", json={"items": ["NEW-TWIN"], "k": 3}).status_code == 200   # and read in a history
