@@ -17,6 +17,7 @@ import typer
 from cluster import Config, Store, init_ray, load_config, store_from_config
 from cluster.runtime import node_cpus
 from jobs.ingest import catalog_dir, publish_catalog
+from jobs.runner import VERBOSE
 from llm.engines import pick_engine
 from llm.adapters import check_adapter
 from llm.attributes import attributes_for, raw_scores
@@ -170,9 +171,11 @@ def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built
          adapter: list[str] = typer.Option(None, help="LoRA adapter as name=path (repeatable); rows record it"),
          resume: bool = typer.Option(False, help="Keep the part files of an interrupted run; embed only the rest"),
          attributes: bool = typer.Option(False, help="Also score the GER attributes (embed.attributes or the domain's list)"),
-         overwrite: bool = typer.Option(False, help="Re-embed even if the run is committed")) -> None:
+         overwrite: bool = typer.Option(False, help="Re-embed even if the run is committed"),
+         verbose: bool = VERBOSE) -> None:
     """Embed every catalog item with the configured LLM and commit the run to storage."""
     cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
+    cfg.ray.verbose |= verbose
     run_embed(cfg, overwrite=overwrite, adapters=parse_adapters(adapter), resume=resume, attributes=attributes)
 
 

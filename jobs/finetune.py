@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from cluster import load_config
-from jobs.runner import run_job
+from jobs.runner import VERBOSE, run_job
 
 
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
@@ -23,11 +23,13 @@ def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built
          max_steps: int = typer.Option(None, help="Override finetune.max_steps"),
          out: str = typer.Option(..., help="Adapter directory to write: a local path or s3://bucket/prefix"),
          resume: bool = typer.Option(False, help="Continue from the last checkpoint under --out"),
-         overwrite: bool = typer.Option(False, help="Replace a committed adapter at --out")) -> None:
+         overwrite: bool = typer.Option(False, help="Replace a committed adapter at --out"),
+         verbose: bool = VERBOSE) -> None:
     """Fine-tune the configured LLM with LoRA and publish the adapter, loss curve and summary."""
     from llm.finetune import finetune
 
     cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
+    cfg.ray.verbose |= verbose
     finetune(cfg, objective, out, max_steps=max_steps, resume=resume, overwrite=overwrite)
 
 

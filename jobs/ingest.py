@@ -7,6 +7,7 @@ import typer
 
 from catalog import Catalog, load_catalog
 from cluster import Config, Store, load_config, store_from_config
+from jobs.runner import VERBOSE
 
 
 def catalog_dir(cfg: Config) -> str:
@@ -32,9 +33,11 @@ def publish_catalog(cfg: Config, store: Store) -> tuple[str, Catalog]:
 
 
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
-         dataset: str = typer.Option(None, help="Override dataset.name")) -> None:
+         dataset: str = typer.Option(None, help="Override dataset.name"),
+         verbose: bool = VERBOSE) -> None:
     """Load and validate the catalog and publish it to storage."""
     cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
+    cfg.ray.verbose |= verbose
     publish_catalog(cfg, store_from_config(cfg))
 
 

@@ -10,6 +10,9 @@ import typer
 from cluster import ConfigError, StorageError
 
 USER_ERRORS = (ConfigError, StorageError, FileNotFoundError, ValueError, KeyError)
+# Every job takes it; it sets ray.verbose (see cluster.runtime.init_ray).
+VERBOSE = typer.Option(False, "--verbose", help="Also show Ray's own output: worker logs, Ray Train's per-epoch "
+                       "lines, Ray Data's progress bars")
 
 
 def run(app: typer.Typer) -> None:
