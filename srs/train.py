@@ -38,6 +38,7 @@ from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file, save_file
 
 from cluster.config import SRSConfig
+from cluster.progress import train_progress
 from cluster.runtime import has_gpu
 from srs.data import SeqTensors
 from srs.fit import EPOCH_STATE, SRSResult, build_model, fit, prepare_run
@@ -147,7 +148,7 @@ def train_srs(
         "data": ray.put(data),
         "inputs": {k: ray.put(v) for k, v in vars(inputs).items() if v is not None},
     }
-    with tempfile.TemporaryDirectory(prefix="srs-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="srs-") as tmp, train_progress(f"train {cfg.model}/{source}", cfg.epochs) as bar:
         trainer = TorchTrainer(
             _train_loop,
             train_loop_config=config,
@@ -157,6 +158,7 @@ def train_srs(
                 storage_path=storage_path or tmp,
                 storage_filesystem=storage_filesystem if storage_path else None,
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                callbacks=[bar],
             ),
         )
         result = trainer.fit()
