@@ -19,6 +19,7 @@ import typer
 from catalog import user_sequences
 from cluster import Config, Store, init_ray, load_config, store_from_config
 from jobs.ingest import catalog_dir
+from jobs.runner import VERBOSE
 from llm.runs import aligned_attributes, aligned_vectors, run_name
 from srs import popularity_metrics, train_srs
 from srs.fusion import required_inputs
@@ -48,11 +49,18 @@ def run_train(cfg: Config, store: Store | None = None) -> dict[str, dict[str, fl
                            storage_path=store.path(f"ray-train/{run}"), storage_filesystem=store.fs)
         if source == "id":
             id_items = result.item_table
-        publish_model(store, f"models/{run}/{source}", result, item_ids)
+        publish_model(store, model_dir(run, source), result, item_ids)
         results[source] = {**result.test, "epochs": result.epochs, "seconds": round(result.seconds, 1)}
-    store.write_json(f"reports/{run}/metrics.json", results)
-    print(format_table(results), flush=True)
+    store.write_json(report_file(run), results)
     return results
+
+
+def model_dir(run: str, source: str) -> str:
+    return f"models/{run}/{source}"
+
+
+def report_file(run: str) -> str:
+    return f"reports/{run}/metrics.json"
 
 
 def wants_attributes(cfg: Config) -> bool:
@@ -87,10 +95,12 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
-         dataset: str = typer.Option(None, help="Override dataset.name")) -> None:
+         dataset: str = typer.Option(None, help="Override dataset.name"),
+         verbose: bool = VERBOSE) -> None:
     """Train the sequential recommender per embedding source and print HR@10 / NDCG@10 / MRR / tail HR@10."""
     cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
-    run_train(cfg)
+    cfg.ray.verbose |= verbose
+    print(format_table(run_train(cfg)), flush=True)
 
 
 if __name__ == "__main__":
