@@ -26,7 +26,9 @@ class RayConfig(_Section):
     address: str = Field("local", description="'local' starts an embedded Ray; 'auto' or ray://host:port joins a cluster.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs for an embedded Ray (None: all).")
     object_store_memory_mb: int = Field(512, ge=64, description="Object store size for an embedded Ray.")
-    log_to_driver: bool = True
+    verbose: bool = Field(False, description="Show Ray's own output too: worker logs, Ray Train's per-epoch lines and "
+                          "Ray Data's progress (--verbose). Off, a job prints its own lines and progress bars only.")
+    log_to_driver: bool | None = Field(None, description="Forward worker stdout/stderr to the driver (None: with verbose).")
 
 
 class S3Config(_Section):

@@ -13,6 +13,9 @@ def init_ray(cfg: RayConfig) -> None:
     """Start or join Ray once per process; a job submitted to a cluster joins it."""
     if ray.is_initialized():
         return
+    log_to_driver = cfg.verbose if cfg.log_to_driver is None else cfg.log_to_driver
+    if not cfg.verbose:
+        _quiet_ray_data()
     if cfg.address == "local" and not os.environ.get("RAY_ADDRESS"):
         # address="local" ignores a stray RAY_ADDRESS, which made a plain ray.init() hang here. The dashboard
         # serves the State API, which Ray Train's placement-group cleaner polls every second (a warning each
@@ -24,12 +27,23 @@ def init_ray(cfg: RayConfig) -> None:
             dashboard_host="127.0.0.1",
             object_store_memory=cfg.object_store_memory_mb * 1024**2,
             logging_level=logging.WARNING,
-            log_to_driver=cfg.log_to_driver,
+            log_to_driver=log_to_driver,
         )
     else:
         # Inside `ray job submit` RAY_ADDRESS points at the cluster; otherwise use the configured one.
         address = os.environ.get("RAY_ADDRESS") or cfg.address
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=cfg.log_to_driver)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
+
+
+def _quiet_ray_data() -> None:
+    """Off the console: Ray Data's progress bars, its heartbeat lines every 10 s (when stdout is not a
+    terminal) and its execution notes. Its warnings and errors still show; --verbose brings the rest back."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # The module that would tell us, as a warning, that we turned its bars off.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def node_cpus() -> float:

@@ -164,6 +164,8 @@ def finetune(cfg: Config, objective: str, out: str, *, max_steps: int | None = N
     from ray.train.torch import TorchTrainer
     from transformers import AutoTokenizer
 
+    from cluster.progress import train_progress
+
     started = time.time()
     steps = cfg.finetune.max_steps if max_steps is None else max_steps
     out_store = Store(out, cfg.storage.s3)
@@ -175,16 +177,18 @@ def finetune(cfg: Config, objective: str, out: str, *, max_steps: int | None = N
               AutoTokenizer.from_pretrained(model_path))
     _uncommit(out_store, fresh=not resume)
     data = recipe.prepare(job)
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config={"cfg": cfg.model_dump(), "objective": objective, "max_steps": steps,
-                           "data": ray.put(data), "plan": job.plan(data["n_examples"])},
-        scaling_config=ScalingConfig(num_workers=cfg.finetune.num_workers, use_gpu=has_gpu(),
-                                     resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name=RUN_NAME, storage_path=out_store.path(), storage_filesystem=out_store.fs,
-                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
-    )
-    result = trainer.fit()
+    # The bar moves at each checkpoint (finetune.checkpoint_every steps), when the workers report.
+    with train_progress(f"finetune {objective}", steps, key="step") as bar:
+        trainer = TorchTrainer(
+            _train_loop,
+            train_loop_config={"cfg": cfg.model_dump(), "objective": objective, "max_steps": steps,
+                               "data": ray.put(data), "plan": job.plan(data["n_examples"])},
+            scaling_config=ScalingConfig(num_workers=cfg.finetune.num_workers, use_gpu=has_gpu(),
+                                         resources_per_worker={"CPU": 1}),
+            run_config=RunConfig(name=RUN_NAME, storage_path=out_store.path(), storage_filesystem=out_store.fs,
+                                 checkpoint_config=CheckpointConfig(num_to_keep=1), callbacks=[bar]),
+        )
+        result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
         summary = _publish(job, recipe, Path(folder), started)
     print(f"loss curve: {summary['loss_curve']}", flush=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from cluster import Config, Store, load_config, store_from_config
-from jobs.runner import DATASET_HELP
+from jobs.runner import DATASET_HELP, VERBOSE
 from llm.adapters import parse_adapters
 from llm.embed import embed_catalog
 
@@ -33,9 +33,11 @@ def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built
          adapter: list[str] = typer.Option(None, help="LoRA adapter as name=path (repeatable); rows record it"),
          resume: bool = typer.Option(False, help="Keep the part files of an interrupted run; embed only the rest"),
          attributes: bool = typer.Option(False, help="Also score the GER attributes (embed.attributes or the domain's list)"),
-         overwrite: bool = typer.Option(False, help="Re-embed even if the run is committed")) -> None:
+         overwrite: bool = typer.Option(False, help="Re-embed even if the run is committed"),
+         verbose: bool = VERBOSE) -> None:
     """Embed every catalog item with the configured LLM and commit the run to storage."""
     cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
+    cfg.ray.verbose |= verbose
     run_embed(cfg, overwrite=overwrite, adapters=parse_adapters(adapter), resume=resume, attributes=attributes)
 
 

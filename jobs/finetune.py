@@ -15,7 +15,7 @@ import typer
 
 from cluster import load_config, store_from_config
 from cluster.layout import adapter_dir
-from jobs.runner import DATASET_HELP, run_job
+from jobs.runner import DATASET_HELP, VERBOSE, run_job
 
 
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
@@ -25,11 +25,13 @@ def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built
          out: str = typer.Option(None, help="Adapter directory to write: a local path or s3://bucket/prefix "
                                  "(default: adapters/<dataset>-<objective> in the configured storage)"),
          resume: bool = typer.Option(False, help="Continue from the last checkpoint under --out"),
-         overwrite: bool = typer.Option(False, help="Replace a committed adapter at --out")) -> None:
+         overwrite: bool = typer.Option(False, help="Replace a committed adapter at --out"),
+         verbose: bool = VERBOSE) -> None:
     """Fine-tune the configured LLM with LoRA and publish the adapter, loss curve and summary."""
     from finetune import finetune
 
     cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
+    cfg.ray.verbose |= verbose
     out = out or store_from_config(cfg).full_uri(adapter_dir(cfg, objective))
     finetune(cfg, objective, out, max_steps=max_steps, resume=resume, overwrite=overwrite)
 

@@ -12,7 +12,7 @@ import typer
 from cluster import Config, Store, load_config, store_from_config
 from cluster.layout import INDEX, live_run
 from index import build_from_run, prune_versions, version_manifest
-from jobs.runner import DATASET_HELP
+from jobs.runner import DATASET_HELP, VERBOSE
 
 
 def run_index(cfg: Config, store: Store | None = None) -> str:
@@ -34,9 +34,11 @@ def run_prune(cfg: Config, keep: int, store: Store | None = None) -> list[str]:
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
          dataset: str = typer.Option(None, help=DATASET_HELP),
          prune: bool = typer.Option(False, help="Delete old index versions instead of building one"),
-         keep: int = typer.Option(3, min=0, help="With --prune: how many of the newest versions to keep")) -> None:
+         keep: int = typer.Option(3, min=0, help="With --prune: how many of the newest versions to keep"),
+         verbose: bool = VERBOSE) -> None:
     """Build the nearest-item index over the embeddings run (or, with --prune, delete old versions)."""
     cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
+    cfg.ray.verbose |= verbose
     if prune:
         run_prune(cfg, keep)
     else:

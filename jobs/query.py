@@ -10,7 +10,7 @@ import typer
 
 from cluster import load_config, store_from_config
 from index import Neighbour, similar_items
-from jobs.runner import DATASET_HELP
+from jobs.runner import DATASET_HELP, VERBOSE
 
 
 def format_neighbours(item_id: str, found: list[Neighbour], title: str | None = None) -> str:
@@ -22,9 +22,11 @@ def format_neighbours(item_id: str, found: list[Neighbour], title: str | None = 
 def main(item: str = typer.Option(..., help="A catalog item id"),
          k: int = typer.Option(10, "-k", help="How many neighbours"),
          config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
-         dataset: str = typer.Option(None, help=DATASET_HELP)) -> None:
+         dataset: str = typer.Option(None, help=DATASET_HELP),
+         verbose: bool = VERBOSE) -> None:
     """Print the k nearest items of ITEM with scores and titles."""
     cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
+    cfg.ray.verbose |= verbose
     if k <= 0:
         raise typer.BadParameter("k must be at least 1", param_hint="-k")
     print(format_neighbours(item, similar_items(store_from_config(cfg), item, k)))

@@ -12,6 +12,9 @@ from cluster import ConfigError, StorageError
 DATASET_HELP = ("Catalog to use (overrides dataset.name): synthetic, ml-100k, amazon-beauty or amazon-scientific-mini "
                 "(read from $DATA_ROOT), or a directory of items + interactions files (README: 'Your own catalog')")
 USER_ERRORS = (ConfigError, StorageError, FileNotFoundError, ValueError, KeyError)
+# Every job takes it; it sets ray.verbose (see cluster.runtime.init_ray).
+VERBOSE = typer.Option(False, "--verbose", help="Also show Ray's own output: worker logs, Ray Train's per-epoch "
+                       "lines, Ray Data's progress bars")
 
 
 def run(app: typer.Typer) -> None:

@@ -19,6 +19,7 @@ from ray import serve
 
 from cluster import Config, init_ray, load_config, store_from_config
 from index import create_app
+from jobs.runner import VERBOSE
 
 REPLICA_CPUS = 1.0   # Ray then sets OMP_NUM_THREADS=1 in the replica: one thread per request, as below
 
@@ -36,10 +37,12 @@ def ray_serve_app(cfg: Config) -> serve.Application:
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
          host: str = typer.Option(None, help="Override serve.host"),
          port: int = typer.Option(None, help="Override serve.port"),
-         ray_serve: bool = typer.Option(False, "--ray-serve", help="Deploy through Ray Serve (ray.address) instead of uvicorn")) -> None:
+         ray_serve: bool = typer.Option(False, "--ray-serve", help="Deploy through Ray Serve (ray.address) instead of uvicorn"),
+         verbose: bool = VERBOSE) -> None:
     """Serve the CURRENT index (and its SRS model) over HTTP until interrupted."""
     overrides = {key: value for key, value in {"serve.host": host, "serve.port": port}.items() if value is not None}
     cfg = load_config(config, overrides)
+    cfg.ray.verbose |= verbose
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
     if ray_serve:
         init_ray(cfg.ray)

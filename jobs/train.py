@@ -13,18 +13,17 @@ from pathlib import Path
 import typer
 
 from cluster import Config, Store, load_config, store_from_config
-from jobs.runner import DATASET_HELP
+from jobs.runner import DATASET_HELP, VERBOSE
 from srs.catalog_training import train_catalog
 
 REPORT_METRICS = ["HR@10", "NDCG@10", "MRR", "tail/HR@10"]
 
 
 def run_train(cfg: Config, store: Store | None = None) -> dict[str, dict[str, float]]:
-    """Metrics per source (plus 'popularity'); prints the table."""
+    """Metrics per source (plus 'popularity')."""
     out = train_catalog(cfg, store or store_from_config(cfg))
     print(f"train: {cfg.srs.model} over {out['items']} items (those of the {out['catalog_items']} catalog items "
-          f"with interactions left after the {cfg.dataset.min_interactions}-core filter) -> {out['report']}\n"
-          f"{format_table(out['metrics'])}", flush=True)
+          f"with interactions left after the {cfg.dataset.min_interactions}-core filter) -> {out['report']}", flush=True)
     return out["metrics"]
 
 
@@ -37,10 +36,12 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
-         dataset: str = typer.Option(None, help=DATASET_HELP)) -> None:
+         dataset: str = typer.Option(None, help=DATASET_HELP),
+         verbose: bool = VERBOSE) -> None:
     """Train the sequential recommender per embedding source and print HR@10 / NDCG@10 / MRR / tail HR@10."""
     cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
-    run_train(cfg)
+    cfg.ray.verbose |= verbose
+    print(format_table(run_train(cfg)), flush=True)
 
 
 if __name__ == "__main__":

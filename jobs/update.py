@@ -13,6 +13,7 @@ import typer
 from catalog.changes import read_deletions
 from cluster import Config, Store, load_config, store_from_config
 from index.update import update_catalog
+from jobs.runner import VERBOSE
 
 
 def run_update(cfg: Config, catalog: Path | None, store: Store | None = None, delta: bool = False,
@@ -35,11 +36,14 @@ def main(catalog: Path = typer.Option(None, help="The new catalog: an items file
                                       "directory holding one; items missing from it are deleted (unless --delta)"),
          delta: bool = typer.Option(False, help="--catalog holds only new and changed items; the rest stay"),
          delete: Path = typer.Option(None, help="With --delta: a file of item ids to delete, one per line"),
-         config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)")) -> None:
+         config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
+         verbose: bool = VERBOSE) -> None:
     """Re-embed only new and changed items, copy the rest, and publish a new index version."""
     if delete is not None and not delta:
         raise ValueError("--delete needs --delta (without it, items missing from --catalog are deleted)")
-    run_update(load_config(config), catalog, delta=delta, deleted=read_deletions(delete))
+    cfg = load_config(config)
+    cfg.ray.verbose |= verbose
+    run_update(cfg, catalog, delta=delta, deleted=read_deletions(delete))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file, save_file
 
 from cluster.config import SRSConfig
+from cluster.progress import train_progress
 from cluster.runtime import has_gpu
 from srs.data import SeqTensors
 from srs.fusion import SourceInputs
@@ -105,7 +106,7 @@ def run_ray(
         "data": ray.put(data),
         "inputs": {k: ray.put(v) for k, v in vars(inputs).items() if v is not None},
     }
-    with tempfile.TemporaryDirectory(prefix="srs-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="srs-") as tmp, train_progress(f"train {cfg.model}/{source}", cfg.epochs) as bar:
         trainer = TorchTrainer(
             _train_loop,
             train_loop_config=config,
@@ -114,6 +115,7 @@ def run_ray(
                 name=name or f"srs-{uuid.uuid4().hex[:8]}",
                 storage_path=storage_path or tmp,
                 storage_filesystem=storage_filesystem if storage_path else None,
+                callbacks=[bar],
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
         )

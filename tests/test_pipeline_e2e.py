@@ -1,4 +1,6 @@
-"""The whole pipeline on real data through a real S3 server: ingest, embed, index, train, query."""
+"""The whole pipeline on real data through a real S3 server: ingest, embed, index, train, query, summary."""
+import contextlib
+import io
 import subprocess
 import sys
 
@@ -29,12 +31,15 @@ def e2e(s3_server, ray_local, data_root, tmp_path_factory):
     cfg = load_config(path)
     from cluster import store_from_config
 
-    return path, cfg, store_from_config(cfg), run_pipeline(cfg)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = run_pipeline(cfg)
+    return path, cfg, store_from_config(cfg), result, printed.getvalue()
 
 
 @pytest.mark.slow
 def test_every_item_has_exactly_one_embedding(e2e):
-    _, cfg, store, result = e2e
+    _, cfg, store, result, _ = e2e
     cat = load_catalog(cfg.dataset)
     ids, vectors, manifest = read_run(store, result["embed"]["run"])
     assert sorted(ids) == sorted(cat.items["item_id"].to_pylist())
@@ -46,7 +51,7 @@ def test_every_item_has_exactly_one_embedding(e2e):
 
 @pytest.mark.slow
 def test_index_answers_for_every_item(e2e):
-    _, _, store, result = e2e
+    _, _, store, result, _ = e2e
     ids, _, _ = read_run(store, result["embed"]["run"])
     index = load_index(store)
     found, scores = index.search_items(ids, k=10)
@@ -57,7 +62,7 @@ def test_index_answers_for_every_item(e2e):
 
 @pytest.mark.slow
 def test_trained_models_beat_popularity(e2e):
-    _, cfg, _, result = e2e
+    _, cfg, _, result, _ = e2e
     metrics = result["metrics"]
     pop = metrics["popularity"]["HR@10"]
     for source in cfg.srs.sources:
@@ -65,8 +70,30 @@ def test_trained_models_beat_popularity(e2e):
 
 
 @pytest.mark.slow
+def test_pipeline_ends_with_table_sentence_and_where_outputs_are(e2e):
+    _, cfg, store, result, printed = e2e
+    summary = printed[printed.rindex("== summary"):].splitlines()
+    assert summary[1] == "| source | HR@10 | NDCG@10 | MRR | tail/HR@10 |"
+    rows = [line.split("|")[1].strip() for line in summary[3:] if line.startswith("| ")]
+    assert rows == ["popularity", *sorted(cfg.srs.sources, key=lambda s: s != "id")]
+    hr = {source: m["HR@10"] for source, m in result["metrics"].items()}
+    best = max(cfg.srs.sources, key=hr.get)
+    sentence = summary[3 + len(rows)]
+    assert sentence.startswith(f"{'ID-only' if best == 'id' else best} is best on HR@10"), sentence
+    assert f"{hr[best]:.1%}" in sentence and f"popularity ({hr['popularity']:.1%})" in sentence
+    assert "ID-only" in sentence or best == "id"
+    assert set(result["outputs"]) == {"catalog", "embeddings", "index", "report", *(f"model {s}" for s in cfg.srs.sources)}
+    root = store.full_uri()
+    for name, shown in result["outputs"].items():
+        assert any(name in line and shown in line for line in summary), (name, summary)
+        rel = shown.split()[0].removeprefix(root + "/")
+        assert shown.startswith(root) and store.exists(rel), (name, shown)
+    assert summary[-1].startswith("pipeline finished in ")
+
+
+@pytest.mark.slow
 def test_cli_query_prints_titles(e2e):
-    path, _, store, result = e2e
+    path, _, store, result, _ = e2e
     item = read_run(store, result["embed"]["run"])[0][0]
     out = subprocess.run([sys.executable, "-m", "jobs.cli", "query", "--item", item, "-k", "3", "--config", str(path)],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
