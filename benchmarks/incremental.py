@@ -63,7 +63,8 @@ def write_stand_in_run(cfg, store, catalog_rel: str) -> str:
 
 def embedding_rate(cfg, store, catalog_rel: str, domain: str, sample: int) -> float:
     """Steady items/s of the embedding job's block embedder on `sample` catalog items, in blocks of
-    one batch; the model load and the first (warm-up) block are not timed."""
+    one batch (their part files written, as in the job); the model load and the first (warm-up) block
+    are not timed."""
     from llm.stages import BlockEmbedder
 
     batch = cfg.embed.batch_size
@@ -72,10 +73,10 @@ def embedding_rate(cfg, store, catalog_rel: str, domain: str, sample: int) -> fl
     embedder = BlockEmbedder(model_cfg=cfg.model, threads=cfg.embed.threads_per_actor, store=store,
                              items_rel="bench/sample.parquet", out_rel="bench/out", domain=domain,
                              batch_size=batch, adapters={})
-    embedder.embed_block(0, None)
+    embedder({"block": np.array([0]), "adapter": np.array([""])})
     t = time.perf_counter()
-    rows = sum(embedder.embed_block(b, None).num_rows for b in range(1, sample // batch + 1))
-    return rows / (time.perf_counter() - t)
+    done = embedder({"block": np.arange(1, sample // batch + 1), "adapter": np.array([""] * (sample // batch))})
+    return done["rows"].sum() / (time.perf_counter() - t)
 
 
 def changed_catalog(store, catalog_rel: str, frac: float, path: Path) -> int:

@@ -31,8 +31,8 @@ from catalog import item_prompt, user_sequences
 from catalog.prompts import clean_text
 from catalog.schemas import RESERVED_COLUMNS
 from cluster.config import Config, ModelConfig
-from llm.attributes import (SCALE, answer_probs, answer_tokens, attributes_for, most_likely_scores, score_request,
-                             value_tokens)
+from llm.attributes import (SCALE, answer_probs, answer_tokens, attributes_for, most_likely_scores, request_ids,
+                             score_request, value_tokens)
 from llm.engines import padded
 from finetune.lora import backbone
 from finetune.recipe import Batch, Job, Objective
@@ -139,7 +139,7 @@ class GER(Objective):
         def answered(prompt: str) -> tuple[list[int], int, list[int], list]:
             """(prompt + the teacher's greedy answer as token ids, where the answer starts, each value's
             position, the teacher's value distributions): what every step that reads the prompt needs."""
-            prompt_ids = job.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            prompt_ids = request_ids(job.tokenizer, [prompt])[0]
             answer, positions = answer_tokens(job.tokenizer, names, most_likely_scores(np.asarray(teacher[prompt])))
             return prompt_ids + answer, len(prompt_ids), [len(prompt_ids) + p for p in positions], teacher[prompt]
 

@@ -1,8 +1,10 @@
 """Interpretable attribute scores (GER's guided embedding): the LLM rates each item 1-9 per attribute.
 
-The answer has one fixed form, the JSON object {"<name>": <value>, ...} with the attributes in a
-fixed order and each value one digit (one token on the usual tokenizers; "10" would be two). So the
-scorer does not generate: it feeds that answer's fixed text and reads, at each value's position,
+The request is one user turn in the model's own chat template (tokenizer.apply_chat_template: its
+system prompt and turn markers, whatever the model family). The answer has one fixed form, the JSON
+object {"<name>": <value>, ...} with the attributes in a fixed order and each value one digit (one
+token on the usual tokenizers; "10" would be two). So the scorer does not generate: after the
+template's generation prompt it feeds that answer's fixed text and reads, at each value's position,
 the model's distribution over the nine value tokens; the next value is filled with the most likely
 one (greedy, as constrained decoding would pick it). An item's score per attribute is the expected
 value of that distribution: continuous, one forward step per attribute, and unable to come out
@@ -38,19 +40,24 @@ def attributes_for(domain: str, configured: list[str] | None = None) -> list[str
     return list(names)
 
 
-def score_prompt(item_prompt: str, names: list[str]) -> str:
-    """A chat-formatted request for one JSON object of scores (SmolLM2's template; fine for any chat model)."""
-    ask = (f"{item_prompt}\nRate this item from 1 (not at all) to 9 (extremely) on each attribute: "
-           f"{', '.join(names)}. Answer with one JSON object.")
-    return f"<|im_start|>user\n{ask}<|im_end|>\n<|im_start|>assistant\n"
-
-
 def score_request(tokenizer, item_prompt: str, names: list[str], limit: int) -> str:
-    """The scoring request for one item: its text is cut to `limit` tokens before it is wrapped, so
-    the instructions and the assistant turn always survive (the engines never cut a request)."""
+    """The scoring request for one item: one user turn in the model's own chat template, ending with its
+    generation prompt (the fixed-form answer follows). The item text is cut to `limit` tokens before it is
+    wrapped, so the instructions and the assistant turn always survive (the engines never cut a request)."""
     from llm.engines import truncate_text
 
-    return score_prompt(truncate_text(tokenizer, item_prompt, limit), names)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"attribute scoring asks the model through its chat template, and {tokenizer.name_or_path} "
+                         "has none: use an instruct (chat) model")
+    ask = (f"{truncate_text(tokenizer, item_prompt, limit)}\nRate this item from 1 (not at all) to 9 (extremely) "
+           f"on each attribute: {', '.join(names)}. Answer with one JSON object.")
+    return tokenizer.apply_chat_template([{"role": "user", "content": ask}], tokenize=False, add_generation_prompt=True)
+
+
+def request_ids(tokenizer, requests: list[str]) -> list[list[int]]:
+    """Token ids of chat-templated requests: the template already wrote the special tokens (a BOS, say), so
+    the tokenizer adds none."""
+    return tokenizer(list(requests), add_special_tokens=False)["input_ids"]
 
 
 def answer_segments(tokenizer, names: list[str]) -> list[list[int]]:
@@ -86,8 +93,7 @@ def answer_probs(engine, requests: list[str], names: list[str], adapter=None) ->
     """[n, A, 9]: per request and attribute, the model's distribution over the values 1..9 at that
     value's position in the answer (earlier values filled with their most likely choice)."""
     tok = engine.tokenizer
-    ids = tok(list(requests), add_special_tokens=True)["input_ids"]
-    return engine.score_slots(ids, answer_segments(tok, names), value_tokens(tok), adapter)
+    return engine.score_slots(request_ids(tok, requests), answer_segments(tok, names), value_tokens(tok), adapter)
 
 
 def expected_scores(probs: np.ndarray) -> np.ndarray:

@@ -1,10 +1,15 @@
-"""The embedding job's worker: one engine per actor, one input block per task.
+"""The embedding job's worker: a chain of small stages in one actor, one input block per task.
 
-An input block is a row group of the published items Parquet file. Each task reads its block,
-builds the LLMEmb prompts, embeds them (sorted by token length so each forward pass pads
-little), and writes exactly one part file named after the block (and adapter). Part names are
-deterministic, so a retried or resumed block overwrites instead of duplicating, and a rerun
-after a crash skips the blocks already written: the final run is the same as an uninterrupted one.
+An input block is a row group of the published items Parquet file. The actor (BlockEmbedder) holds
+one engine, reads a task's block into columns and passes them through the chain, after Ray Data
+LLM's stages: each stage declares the columns it reads and those it adds, and sees only the ones it
+declares, so a missing column fails at the stage that needs it, by name.
+
+    Prompt -> Tokenize -> Embed -> [ScoreAttributes] -> WritePart
+
+WritePart writes exactly one part file named after the block (and adapter). Part names are
+deterministic, so a retried or resumed block overwrites instead of duplicating, and a rerun after a
+crash skips the blocks already written: the final run is the same as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import pyarrow.parquet as pq
 
 from cluster.config import ModelConfig
 from cluster.storage import Store
-from llm.engines import Adapter, build_engine
+from llm.engines import Adapter, Engine, build_engine
 
 
 def embedding_schema(dims: int, n_attributes: int = 0) -> pa.Schema:
@@ -51,56 +56,163 @@ def count_blocks(store: Store, items_rel: str) -> list[int]:
         return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
 
+class Stage:
+    """One link of the chain: reads the columns in `inputs`, returns those in `outputs` (one value per row)."""
+
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+    def __call__(self, batch: dict) -> dict:
+        """`batch` with this stage's columns added (a column of the same name is replaced)."""
+        if missing := [c for c in self.inputs if c not in batch]:
+            raise ValueError(f"{type(self).__name__} needs the column(s) {missing}, which the batch lacks "
+                             f"(it has {sorted(batch)})")
+        added = self.run({c: batch[c] for c in self.inputs})
+        rows = len(batch[self.inputs[0]])
+        if sorted(added) != sorted(self.outputs) or any(len(v) != rows for v in added.values()):
+            raise ValueError(f"{type(self).__name__} must return {rows} rows of {list(self.outputs)}, "
+                             f"not {({k: len(v) for k, v in added.items()})}")
+        return batch | added
+
+    def run(self, columns: dict) -> dict:
+        raise NotImplementedError
+
+
+def _by_adapter(names: list) -> dict[str | None, list[int]]:
+    """Row indices per adapter name: the engine runs one adapter at a time."""
+    groups: dict[str | None, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name, []).append(i)
+    return groups
+
+
+class Prompt(Stage):
+    """The LLMEmb item prompt from the catalog row's text fields."""
+
+    inputs, outputs = ("item",), ("prompt",)
+
+    def __init__(self, domain: str):
+        self.domain = domain
+
+    def run(self, columns: dict) -> dict:
+        from catalog import item_prompt
+
+        return {"prompt": [item_prompt(row, self.domain) for row in columns["item"]]}
+
+
+class Tokenize(Stage):
+    """Token ids cut to max_prompt_tokens, and which prompts were cut (the run reports them)."""
+
+    inputs, outputs = ("prompt",), ("token_ids", "truncated")
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def run(self, columns: dict) -> dict:
+        tok = self.engine.tokenize(columns["prompt"])
+        return {"token_ids": tok.ids, "truncated": tok.truncated}
+
+
+class Embed(Stage):
+    """Mean-pooled vectors, in row order. The rows go to the engine sorted by token length in batches of
+    `batch_size`, so a batch pads only to its own longest prompt: twice the items/s of catalog order."""
+
+    inputs, outputs = ("token_ids", "adapter"), ("embedding", "model")
+
+    def __init__(self, engine: Engine, adapters: dict[str, Adapter], batch_size: int):
+        self.engine, self.adapters, self.batch_size = engine, adapters, batch_size
+
+    def run(self, columns: dict) -> dict:
+        ids = columns["token_ids"]
+        vectors = np.zeros((len(ids), self.engine.hidden_size), np.float32)
+        for name, rows in _by_adapter(columns["adapter"]).items():
+            rows = sorted(rows, key=lambda i: len(ids[i]))
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start:start + self.batch_size]
+                vectors[chunk] = self.engine.embed_ids([ids[i] for i in chunk], self.adapters.get(name))
+        return {"embedding": vectors, "model": [self.engine.cfg.path] * len(ids)}
+
+
+class ScoreAttributes(Stage):
+    """GER attribute scores [n, A]: the expected 1-9 values read off the fixed-form answer to each item's
+    chat-template request (llm.attributes)."""
+
+    inputs, outputs = ("prompt", "adapter"), ("attributes",)
+
+    def __init__(self, engine: Engine, adapters: dict[str, Adapter], names: list[str]):
+        self.engine, self.adapters, self.names = engine, adapters, names
+
+    def run(self, columns: dict) -> dict:
+        from llm.attributes import answer_probs, expected_scores, score_request
+
+        tok, limit = self.engine.tokenizer, self.engine.cfg.max_prompt_tokens
+        requests = [score_request(tok, p, self.names, limit) for p in columns["prompt"]]
+        scores = np.zeros((len(requests), len(self.names)), np.float32)
+        for name, rows in _by_adapter(columns["adapter"]).items():
+            probs = answer_probs(self.engine, [requests[i] for i in rows], self.names, self.adapters.get(name))
+            scores[rows] = expected_scores(probs)
+        return {"attributes": scores}
+
+
+class WritePart(Stage):
+    """Writes the rows of one block and adapter as their one part file, in the embeddings-run contract."""
+
+    inputs = ("block", "item_id", "content_hash", "embedding", "truncated", "model", "adapter")
+    outputs = ("part",)
+
+    def __init__(self, store: Store, out_rel: str, n_attributes: int):
+        self.store, self.out_rel, self.n_attributes = store, out_rel, n_attributes
+        if n_attributes:
+            self.inputs += ("attributes",)
+
+    def run(self, columns: dict) -> dict:
+        (block,), (adapter,) = set(columns["block"]), set(columns["adapter"])  # one part per task
+        vectors = columns["embedding"]
+        schema = embedding_schema(vectors.shape[1], self.n_attributes)
+        values = columns | {"embedding": _fixed_size(vectors)}
+        if self.n_attributes:
+            values["attributes"] = _fixed_size(columns["attributes"])
+        name = part_name(block, adapter)
+        self.store.write_parquet(f"{self.out_rel}/{name}",
+                                 pa.Table.from_pydict({c: values[c] for c in schema.names}, schema=schema))
+        return {"part": [name] * len(vectors)}
+
+
+def _fixed_size(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), matrix.shape[1])
+
+
 class BlockEmbedder:
-    """Holds one engine (one model load per actor); embeds and writes whole input blocks."""
+    """The actor of the embedding job (Ray Data map_batches, one task per row): holds one engine (one model
+    load per actor) and drives each task's block through the stage chain."""
 
     def __init__(self, model_cfg: ModelConfig, threads: int, store: Store, items_rel: str, out_rel: str,
                  domain: str, batch_size: int, adapters: dict[str, str], attributes: list[str] | None = None):
-        self.engine = build_engine(model_cfg, threads)
-        self.model_id = model_cfg.path
-        self.store, self.items_rel, self.out_rel = store, items_rel, out_rel
-        self.domain, self.batch_size = domain, batch_size
-        self.adapters = {name: Adapter(name, path, i + 1) for i, (name, path) in enumerate(sorted(adapters.items()))}
-        self.attributes = attributes or []
+        engine = build_engine(model_cfg, threads)
+        tuned = {name: Adapter(name, path, i + 1) for i, (name, path) in enumerate(sorted(adapters.items()))}
+        self.store, self.items_rel = store, items_rel
+        self.stages = [Prompt(domain), Tokenize(engine), Embed(engine, tuned, batch_size)]
+        if attributes:
+            self.stages.append(ScoreAttributes(engine, tuned, attributes))
+        self.stages.append(WritePart(store, out_rel, len(attributes or [])))
 
     def __call__(self, tasks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        stats = {"block": [], "adapter": [], "rows": [], "truncated": [], "seconds": []}
+        """Tasks (block, adapter; adapter '' = the base model) -> one result row each: block, adapter,
+        rows, truncated, seconds."""
+        results = {"block": [], "adapter": [], "rows": [], "truncated": [], "seconds": []}
         for block, adapter in zip(tasks["block"].tolist(), tasks["adapter"].tolist()):
             started = time.perf_counter()
-            table = self.embed_block(int(block), adapter or None)
-            self.store.write_parquet(f"{self.out_rel}/{part_name(int(block), adapter or None)}", table)
-            for key, value in (("block", block), ("adapter", adapter), ("rows", table.num_rows),
-                               ("truncated", int(pa.compute.sum(table["truncated"]).as_py() or 0)),
-                               ("seconds", time.perf_counter() - started)):
-                stats[key].append(value)
-        return {k: np.asarray(v) for k, v in stats.items()}
+            batch = self.read(int(block), adapter or None)
+            for stage in self.stages:
+                batch = stage(batch)
+            for key, value in (("block", block), ("adapter", adapter), ("rows", len(batch["part"])),
+                               ("truncated", sum(batch["truncated"])), ("seconds", time.perf_counter() - started)):
+                results[key].append(value)
+        return {k: np.asarray(v) for k, v in results.items()}
 
-    def embed_block(self, block: int, adapter_name: str | None) -> pa.Table:
-        from catalog import item_prompt
-
+    def read(self, block: int, adapter: str | None) -> dict:
+        """The columns the chain starts from: the block's catalog rows, and which block and adapter they are for."""
         items = read_block(self.store, self.items_rel, block)
-        prompts = [item_prompt(row, self.domain) for row in items.to_pylist()]
-        tok = self.engine.tokenize(prompts)
-        adapter = self.adapters[adapter_name] if adapter_name else None
-        order = np.argsort([len(x) for x in tok.ids], kind="stable")
-        vectors = np.zeros((len(prompts), self.engine.hidden_size), np.float32)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            vectors[rows] = self.engine.embed_ids([tok.ids[i] for i in rows], adapter)
-        n, d = vectors.shape
-        columns = [items["item_id"], items["content_hash"],
-                   pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), d),
-                   pa.array(tok.truncated, pa.bool_()), pa.array([self.model_id] * n, pa.string()),
-                   pa.array([adapter_name] * n, pa.string())]
-        if self.attributes:
-            columns.append(pa.FixedSizeListArray.from_arrays(pa.array(self.score(prompts, adapter).reshape(-1)),
-                                                             len(self.attributes)))
-        return pa.Table.from_arrays(columns, schema=embedding_schema(d, len(self.attributes)))
-
-    def score(self, prompts: list[str], adapter: Adapter | None) -> np.ndarray:
-        """GER attribute scores per item [n, A]: expected values read off the fixed-form answer."""
-        from llm.attributes import answer_probs, expected_scores, score_request
-
-        limit = self.engine.cfg.max_prompt_tokens
-        asks = [score_request(self.engine.tokenizer, p, self.attributes, limit) for p in prompts]
-        return expected_scores(answer_probs(self.engine, asks, self.attributes, adapter))
+        n = items.num_rows
+        return {"block": [block] * n, "adapter": [adapter] * n, "item_id": items["item_id"].to_pylist(),
+                "content_hash": items["content_hash"].to_pylist(), "item": items.to_pylist()}

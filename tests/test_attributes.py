@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llm.attributes import (DEFAULT_ATTRIBUTES, answer_tokens, attributes_for, expected_scores, most_likely_scores,
-                            value_tokens)
+                            request_ids, score_request, value_tokens)
 
 NAMES = ["humor", "romance"]
 
@@ -15,6 +15,30 @@ def test_every_domain_has_twelve_unique_attributes():
     assert attributes_for("unknown-domain") == DEFAULT_ATTRIBUTES["product"]
     with pytest.raises(ValueError, match="unique"):
         attributes_for("movie", ["a", "a"])
+
+
+def test_the_request_is_the_models_own_chat_template(hf_engine):
+    """SmolLM2's template adds its own system prompt; the request is that template's text, and its token
+    ids are the template's own (no second BOS or other special token added when tokenizing)."""
+    tok = hf_engine.tokenizer
+    item = "The movie item has the following attributes: title is Toy Story."
+    request = score_request(tok, item, NAMES, hf_engine.cfg.max_prompt_tokens)
+    ask = f"{item}\nRate this item from 1 (not at all) to 9 (extremely) on each attribute: humor, romance. " \
+          "Answer with one JSON object."
+    chat = [{"role": "user", "content": ask}]
+    assert request == tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert request.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert request.endswith("<|im_start|>assistant\n")
+    assert request_ids(tok, [request]) == [tok.apply_chat_template(chat, add_generation_prompt=True, return_dict=False)]
+
+
+def test_a_model_without_a_chat_template_cannot_score(hf_engine):
+    import copy
+
+    tok = copy.deepcopy(hf_engine.tokenizer)
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="has none: use an instruct"):
+        score_request(tok, "an item", NAMES, 16)
 
 
 def test_the_fixed_answer_is_json_with_one_token_per_value(hf_engine):

@@ -57,6 +57,52 @@ def test_vectors_equal_the_engine_on_the_same_prompts(embedded, hf_engine):
     assert _cosine(direct, vectors[[pos[row["item_id"]] for row in items]]).min() > 0.999
 
 
+def test_a_stage_missing_a_declared_column_names_it(hf_engine):
+    from llm.stages import Embed, Prompt
+
+    assert Embed.inputs == ("token_ids", "adapter") and Embed.outputs == ("embedding", "model")
+    with pytest.raises(ValueError, match=r"Embed needs the column\(s\) \['adapter'\], which the batch lacks"):
+        Embed(hf_engine, {}, batch_size=4)({"token_ids": [[1, 2, 3]]})
+    with pytest.raises(ValueError, match=r"Prompt needs the column\(s\) \['item'\]"):
+        Prompt("product")({"prompt": ["already a prompt"]})
+
+
+def test_the_stage_chain_in_one_actor_writes_what_the_engine_computes(hf_engine, tmp_path):
+    """The actor's chain, without Ray: every stage's inputs come from the block or an earlier stage, each
+    task writes one part named after its block, and the vectors (sorted into batches by token length) and
+    scores come back in row order, as the engine computes them row by row."""
+    from catalog import content_hash
+    from cluster.config import ModelConfig
+    from llm.attributes import answer_probs, expected_scores, score_request
+    from llm.stages import BlockEmbedder, embedding_schema
+
+    titles = ["Kettle", "Steel camping kettle with a folding handle and a whistle", "Tent",
+              "Ultralight two person tent, green", "Head torch", "Lantern with three brightness levels"]
+    rows = [{"item_id": f"i{i}", "title": t} for i, t in enumerate(titles)]
+    store = Store(str(tmp_path))
+    store.write_parquet("items.parquet", pa.Table.from_pylist([r | {"content_hash": content_hash(r)} for r in rows]),
+                        row_group_size=3)
+    names = ["durability", "price level"]
+    embedder = BlockEmbedder(model_cfg=ModelConfig(), threads=1, store=store, items_rel="items.parquet",
+                             out_rel="run", domain="product", batch_size=2, adapters={}, attributes=names)
+    columns = set(embedder.read(0, None))
+    for stage in embedder.stages:
+        assert set(stage.inputs) <= columns, f"{type(stage).__name__} reads a column no earlier stage gives"
+        columns |= set(stage.outputs)
+    assert set(embedding_schema(576, len(names)).names) <= columns
+    done = embedder({"block": np.array([1, 0]), "adapter": np.array(["", ""])})
+    assert done["block"].tolist() == [1, 0] and done["rows"].tolist() == [3, 3] and done["truncated"].tolist() == [0, 0]
+    assert sorted(store.list("run")) == ["part-000000.parquet", "part-000001.parquet"]
+    table = store.read_parquet("run")
+    assert table.schema == embedding_schema(576, len(names)) and table["item_id"].to_pylist() == [r["item_id"] for r in rows]
+    prompts = [item_prompt(r, "product") for r in rows]
+    alone = np.concatenate([hf_engine.embed([p]) for p in prompts])
+    assert np.allclose(np.array(table["embedding"].to_pylist()), alone, atol=1e-4)
+    asks = [score_request(hf_engine.tokenizer, p, names, hf_engine.cfg.max_prompt_tokens) for p in prompts]
+    scores = expected_scores(np.concatenate([answer_probs(hf_engine, [a], names) for a in asks]))
+    assert np.allclose(np.array(table["attributes"].to_pylist()), scores, atol=1e-3)
+
+
 def test_reading_attributes_of_a_run_without_them_says_so(embedded):
     from llm.runs import read_attributes
 

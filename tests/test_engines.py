@@ -17,6 +17,12 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
+def _requests(engine, prompts: list[str], names: list[str]) -> list[str]:
+    from llm.attributes import score_request
+
+    return [score_request(engine.tokenizer, p, names, engine.cfg.max_prompt_tokens) for p in prompts]
+
+
 @pytest.fixture(scope="module")
 def vllm_engine():
     engine = VLLMEngine(ModelConfig())
@@ -54,10 +60,10 @@ def test_vllm_and_hf_agree_on_embeddings(hf_engine, vllm_engine):
 
 @pytest.mark.slow
 def test_vllm_and_hf_score_the_same_answers(hf_engine, vllm_engine):
-    from llm.attributes import answer_probs, attributes_for, expected_scores, score_prompt
+    from llm.attributes import answer_probs, attributes_for, expected_scores
 
     names = attributes_for("movie")[:4]
-    asks = [score_prompt(p, names) for p in PROMPTS[:3]]
+    asks = _requests(hf_engine, PROMPTS[:3], names)
     h, v = answer_probs(hf_engine, asks, names), answer_probs(vllm_engine, asks, names)
     assert h.shape == v.shape == (3, 4, 9)
     assert np.allclose(v.sum(-1), 1, atol=1e-4)
@@ -87,16 +93,16 @@ def test_slot_scores_are_batch_independent_and_match_a_plain_forward(hf_engine, 
     forward pass over the filled-in answer gives, at every value position."""
     import torch
 
-    from llm.attributes import answer_probs, answer_segments, attributes_for, score_prompt, value_tokens
+    from llm.attributes import answer_probs, answer_segments, attributes_for, request_ids, value_tokens
 
     names = attributes_for("movie")[:3]
-    asks = [score_prompt(p, names) for p in PROMPTS]
+    asks = _requests(hf_engine, PROMPTS, names)
     batched = answer_probs(hf_engine, asks, names)
     assert batched.shape == (len(PROMPTS), 3, 9) and np.allclose(batched.sum(-1), 1, atol=1e-5)
     monkeypatch.setattr(hf_engine, "slot_batch", 1)
     assert np.allclose(answer_probs(hf_engine, asks, names), batched, atol=1e-4)
     tok, values = hf_engine.tokenizer, value_tokens(hf_engine.tokenizer)
-    ids = tok(asks[1], add_special_tokens=True)["input_ids"]
+    ids = request_ids(tok, asks[1:2])[0]
     for j, segment in enumerate(answer_segments(tok, names)):
         ids += segment
         with torch.inference_mode():
@@ -107,13 +113,12 @@ def test_slot_scores_are_batch_independent_and_match_a_plain_forward(hf_engine, 
 
 def test_a_long_item_keeps_the_scoring_instructions(hf_engine):
     """The item text is cut to max_prompt_tokens before it is wrapped in the scoring request, and
-    the request itself is scored whole: it still ends with the assistant turn."""
-    from llm.attributes import attributes_for, score_request
+    the request itself is scored whole: it still ends with the template's generation prompt."""
+    from llm.attributes import attributes_for, request_ids, score_request
 
-    limit = hf_engine.cfg.max_prompt_tokens
+    tok, limit = hf_engine.tokenizer, hf_engine.cfg.max_prompt_tokens
     long_item = PROMPTS[1] + " It is described as: " + "a long lasting glossy finish, " * 80
-    request = score_request(hf_engine.tokenizer, long_item, attributes_for("beauty"), limit)
-    ids = hf_engine.tokenizer(request, add_special_tokens=True)["input_ids"]
-    item_part = request.split("\nRate this item")[0].removeprefix("<|im_start|>user\n")
-    assert len(hf_engine.tokenizer(item_part, add_special_tokens=False)["input_ids"]) <= limit + 1
-    assert len(ids) > limit and request.endswith("<|im_start|>assistant\n")
+    request = score_request(tok, long_item, attributes_for("beauty"), limit)
+    item_part = request.split("<|im_start|>user\n")[1].split("\nRate this item")[0]
+    assert long_item.startswith(item_part) and len(tok(item_part, add_special_tokens=False)["input_ids"]) <= limit + 1
+    assert len(request_ids(tok, [request])[0]) > limit and request.endswith("<|im_start|>assistant\n")

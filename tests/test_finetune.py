@@ -180,7 +180,7 @@ def test_scft_adapter_in_vllm_matches_peft(scft_runs, hf_engine, tmp_path_factor
 
 # -- GER, written to S3 ---------------------------------------------------------------------------
 def test_ger_trains_an_attribute_scorer_into_s3(ray_local, s3_store, tmp_path, hf_engine):
-    from llm.attributes import answer_probs, score_prompt
+    from llm.attributes import answer_probs, score_request
 
     names = ["quality", "price level", "durability"]
     cfg = make_cfg(tmp_path / "store", batch_size=2, ger_history=3)
@@ -195,7 +195,7 @@ def test_ger_trains_an_attribute_scorer_into_s3(ray_local, s3_store, tmp_path, h
         local.mkdir(exist_ok=True)
         (local / name).write_bytes(s3_store.read_bytes(name))
     assert_changes_embeddings(hf_engine, str(local), "ger-test")
-    asks = [score_prompt(p, names) for p in PROMPTS]
+    asks = [score_request(hf_engine.tokenizer, p, names, hf_engine.cfg.max_prompt_tokens) for p in PROMPTS]
     tuned = answer_probs(hf_engine, asks, names, Adapter("ger-test", str(local)))
     assert np.abs(tuned - answer_probs(hf_engine, asks, names)).max() > 1e-3, "the adapter moves the scores"
 
