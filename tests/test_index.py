@@ -465,5 +465,5 @@ def test_prune_keeps_the_newest_and_current(tmp_path):
     assert list_versions(store) == [v1, v3, v4] and not store.exists(f"index/{v2}")
     config = tmp_path / "config.yaml"
     config.write_text(f"storage:\n  uri: {store.uri}\n")
-    index_main(config=config, dataset=None, prune=True, keep=0)       # `guidedrec index --prune --keep 0`
+    index_main(config=config, dataset=None, prune=True, keep=0, verbose=False)   # `guidedrec index --prune --keep 0`
     assert list_versions(store) == [v1] and current_version(store) == v1 and len(load_index(store)) == 30
