@@ -65,6 +65,10 @@ class ItemEmbedding(nn.Module):
         """Append rows for items the model never trained on, computed from their LLM embeddings [m, D]."""
         raise ValueError(f"the {type(self).__name__} item source cannot give a row to an item it never trained on")
 
+    def after_training(self, known: torch.Tensor) -> None:
+        """Once the best weights are back: what a source learns from its trained table ([n_items] bool
+        `known`: the items training saw; the others are cold)."""
+
     def aux_loss(self, items: torch.Tensor) -> torch.Tensor | None:
         """An extra training term over the item indices of a batch (0 = padding), or None."""
         return None
@@ -75,6 +79,7 @@ def with_padding_row(items: torch.Tensor) -> torch.Tensor:
 
 
 ID_INIT_STD = 0.02   # RecBole's N(0, 0.02) init of ID tables
+RIDGE = 1e-3         # ridge penalty of the text -> ID row regression, relative to the mean eigenvalue of X'X
 
 
 class PCA(nn.Module):
@@ -110,8 +115,12 @@ def fit_pca(llm: np.ndarray, k: int, warm: np.ndarray | None) -> PCA:
 class IDEmbedding(ItemEmbedding):
     """The plain ID table of SASRec (Kang & McAuley 2018), RecBole's N(0, 0.02) init; or, with
     `pca`, every row initialised from its item's LLM embedding (LLM-ESR's ID view; `srs.id_init:
-    llm-pca`), at the random init's mean row norm. An item the model never trained on keeps that
-    initial row, and `add_items` gives a new item the same."""
+    llm-pca`), at the random init's mean row norm.
+
+    With `pca` the table also learns where text lands in it: after training, a ridge regression
+    from the items' PCA'd text to their trained rows (`text_map`, kept in the weights) gives every
+    item training never saw (cold items; `add_items`) the row its text predicts, instead of an
+    untrained initial row that no trained row's score can compete with."""
 
     def __init__(self, n_items: int, dim: int, llm: np.ndarray | None = None, pca: PCA | None = None):
         super().__init__(n_items, dim)
@@ -121,21 +130,37 @@ class IDEmbedding(ItemEmbedding):
         if pca is not None:
             if pca.k != dim:
                 raise ValueError(f"the LLM embeddings allow {pca.k} principal components, the ID table needs {dim}")
+            # [text, 1] @ text_map: the initial map is the PCA at the random init's scale, no offset.
+            self.register_buffer("text_map", torch.cat([torch.eye(dim) * (ID_INIT_STD * dim ** 0.5),
+                                                        torch.zeros(1, dim)]))
             with torch.no_grad():
-                self.weight.weight[1:] = self._init_rows(torch.from_numpy(llm.astype(np.float32)))
+                text = pca(torch.from_numpy(llm.astype(np.float32)))
+                self.register_buffer("text", text, persistent=False)   # training-time only
+                self.weight.weight[1:] = self._from_text(text)
         with torch.no_grad():
             self.weight.weight[0].zero_()
 
-    def _init_rows(self, llm: torch.Tensor) -> torch.Tensor:
-        return self.pca(llm) * (ID_INIT_STD * self.dim ** 0.5)
+    def _from_text(self, text: torch.Tensor) -> torch.Tensor:
+        return torch.cat([text, text.new_ones(len(text), 1)], 1) @ self.text_map
 
     def table(self) -> torch.Tensor:
         return self.weight.weight
 
+    @torch.no_grad()
+    def after_training(self, known: torch.Tensor) -> None:
+        if self.pca is None:
+            return
+        x = torch.cat([self.text, self.text.new_ones(len(self.text), 1)], 1).double()
+        y = self.weight.weight[1:].double()
+        gram = x[known].T @ x[known]
+        ridge = RIDGE * gram.trace() / len(gram) * torch.eye(len(gram), dtype=x.dtype, device=x.device)
+        self.text_map = torch.linalg.solve(gram + ridge, x[known].T @ y[known]).float()
+        self.weight.weight[1:][~known] = self._from_text(self.text[~known])
+
     def add_items(self, llm: torch.Tensor) -> None:
         if self.pca is None:
             super().add_items(llm)
-        rows = torch.cat([self.weight.weight.detach(), self._init_rows(llm.to(self.weight.weight))])
+        rows = torch.cat([self.weight.weight.detach(), self._from_text(self.pca(llm.to(self.weight.weight)))])
         self.weight = nn.Embedding.from_pretrained(rows, freeze=False, padding_idx=0)
         self.n_items = rows.shape[0] - 1
 
@@ -313,6 +338,9 @@ class DualView(ItemEmbedding):
         self.ids.add_items(llm)
         self.semantic.add_items(llm)
         self.n_items = self.ids.n_items
+
+    def after_training(self, known: torch.Tensor) -> None:
+        self.ids.after_training(known)
 
 
 def tslrec_knowledge(llm: np.ndarray, id_table: np.ndarray, cfg: SRSConfig) -> np.ndarray:

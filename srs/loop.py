@@ -178,6 +178,9 @@ def fit(
     if rank != 0:
         return None
     net.load_state_dict(s.best_model)
+    known = np.ones(data.n_items, dtype=bool) if data.warm is None else data.warm
+    net.items.after_training(torch.from_numpy(known).to(device))
+    s.best_model = _weights(net)   # what is published: with what the source learned after training
     test = evaluate(net, data.test_inputs, data.test_seen, data.test_targets, tail, device, candidates, data.cold)
     with torch.no_grad():
         items = net.items.table()[1:].detach().cpu().clone()   # a view of the ID table would still require grad

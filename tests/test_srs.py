@@ -245,6 +245,25 @@ def test_items_added_after_training_get_the_rows_training_would_have_given_them(
     assert grown.n_items == 40
 
 
+def test_after_training_cold_rows_are_what_the_text_predicts():
+    """The PCA-initialised ID table learns a map from text to trained rows on the items it saw and
+    gives the cold ones (and, through add_items, new ones) the rows their text predicts."""
+    cfg = SMALL.model_copy(update={"id_init": "llm-pca", "hidden_size": 16})
+    llm = cycle_embeddings(120)
+    items = build_item_embedding("id", 120, cfg, SourceInputs(llm=llm))
+    target = torch.randn(17, 16, generator=torch.Generator().manual_seed(0))   # rows = [text, 1] @ target
+    with torch.no_grad():
+        items.weight.weight[1:] = torch.cat([items.text, torch.ones(120, 1)], 1) @ target
+    truth = items.table()[1:].detach().clone()
+    known = torch.from_numpy(cold_items(120, 0.2, seed=0)[1:]).logical_not()
+    with torch.no_grad():
+        items.weight.weight[1:][~known] = 0   # the cold rows as training left them: untrained
+    items.after_training(known)
+    torch.testing.assert_close(items.table()[1:][~known], truth[~known], atol=0.05, rtol=0.05)
+    items.add_items(torch.from_numpy(llm[:3]))
+    torch.testing.assert_close(items.table()[-3:], truth[:3], atol=0.05, rtol=0.05)
+
+
 def test_items_without_text_cannot_join_an_id_only_model():
     items = build_item_embedding("id", 10, SMALL)
     with pytest.raises(ValueError, match="cannot give a row to an item it never trained on"):
