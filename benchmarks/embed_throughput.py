@@ -51,7 +51,6 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=256)
     args = parser.parse_args()
 
-    import pyarrow as pa
     import ray
 
     from catalog import item_prompt, load_catalog
