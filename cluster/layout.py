@@ -36,7 +36,6 @@ from cluster.storage import StorageError, Store
 CATALOG, EMBEDDINGS, INDEX, MODELS, REPORTS, TRAIN_RUNS, ADAPTERS = (
     "catalog", "embeddings", "index", "models", "reports", "ray-train", "adapters")
 CURRENT = f"{INDEX}/CURRENT"
-CATALOG_FILES = ("items.parquet", "interactions.parquet", "quarantine.parquet")
 
 _VERSION = r"\d{8}T\d{12}Z-[0-9a-f]{6}"
 _UPDATE_SUFFIX = re.compile(rf"-u{_VERSION}$")

@@ -31,7 +31,6 @@ class Recommender:
         self.where = where
         self._index = {item: i + 1 for i, item in enumerate(item_ids)}   # 0 is padding
         self.retired: list[int] = []   # indices of items the live catalog no longer holds
-        self.added = 0                 # items the model gained from their text after training
 
     @classmethod
     def load(cls, store: Store, rel: str, run: str | None = None) -> "Recommender":
@@ -60,7 +59,6 @@ class Recommender:
         for row in new:
             self.item_ids.append(ids[row])
             self._index[ids[row]] = len(self.item_ids)
-        self.added = len(new)
 
     def encode(self, items: Iterable[str]) -> list[int]:
         """Model indices of catalog ids; an id the model never saw is a KeyError naming it."""

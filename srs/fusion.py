@@ -159,7 +159,7 @@ class IDEmbedding(ItemEmbedding):
 
     def add_items(self, llm: torch.Tensor) -> None:
         if self.pca is None:
-            super().add_items(llm)
+            super().add_items(llm)   # refuses: a random initial row says nothing about a new item
         rows = torch.cat([self.weight.weight.detach(), self._from_text(self.pca(llm.to(self.weight.weight)))])
         self.weight = nn.Embedding.from_pretrained(rows, freeze=False, padding_idx=0)
         self.n_items = rows.shape[0] - 1

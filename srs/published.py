@@ -16,7 +16,7 @@ from safetensors.torch import load as load_safetensors
 
 from cluster.config import SRSConfig
 from cluster.layout import is_version, model_dir, models_dir, new_version
-from cluster.storage import Store
+from cluster.storage import MANIFEST, StorageError, Store
 from srs.loop import build_model
 from srs.models import SeqRecommender
 
@@ -51,7 +51,12 @@ def find_model(store: Store, run: str, source: str | None = None) -> str:
     """The committed model folder of `run`'s lineage for `source`; None picks the published source
     with the best validation NDCG@10 (what its training measured, recorded in its manifest)."""
     root = models_dir(run)
-    published = {s: store.manifest(f"{root}/{s}") for s in store.list(root) if store.is_committed(f"{root}/{s}")}
+    published = {}
+    for name in store.list(root):   # the service polls this: one read per source, no exists() first
+        try:
+            published[name] = store.read_json(f"{root}/{name}/{MANIFEST}")
+        except StorageError:
+            continue   # not committed (yet)
     if source in published:
         return f"{root}/{source}"
     if source:
