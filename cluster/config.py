@@ -121,6 +121,10 @@ class SRSConfig(_Section):
     id_init: Literal["random", "llm-pca"] = Field(
         "random", description="The id source's table: N(0, 0.02), or initialised from the PCA of the LLM embeddings "
         "(LLM-ESR's ID view; then it reads the embeddings run).")
+    text_dropout: float = Field(0.0, ge=0, lt=1, description="ID tables initialised from text (llmesr, id with "
+                                "llm-pca): the share of items that, each step, train with the row their text "
+                                "predicts instead of their own, so items added after training rank by their text "
+                                "(DropoutNet). 0: the text map is a ridge fit after training.")
     tslrec_clusters: int = Field(16, ge=2, description="TSLRec latent categories (k-means of the ID model's items).")
     hidden_size: int = Field(64, ge=8)
     max_len: int = Field(50, ge=2)

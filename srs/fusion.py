@@ -117,22 +117,27 @@ class IDEmbedding(ItemEmbedding):
     `pca`, every row initialised from its item's LLM embedding (LLM-ESR's ID view; `srs.id_init:
     llm-pca`), at the random init's mean row norm.
 
-    With `pca` the table also learns where text lands in it: after training, a ridge regression
-    from the items' PCA'd text to their trained rows (`text_map`, kept in the weights) gives every
-    item training never saw (cold items; `add_items`) the row its text predicts, instead of an
-    untrained initial row that no trained row's score can compete with."""
+    With `pca` the table also learns where text lands in it (`text_map`, kept in the weights), so
+    that every item training never saw (cold items; `add_items`) gets the row its text predicts
+    instead of an untrained initial row that no trained row's score can compete with. With
+    `text_dropout` p > 0 the map is trained with the model (DropoutNet, Volkovs et al. 2017): each
+    forward pass gives a random share p of the items their text-predicted row instead of their
+    own, so the backbone learns to rank items it knows only by their text; with p = 0 it is a
+    ridge regression from the items' PCA'd text to their trained rows, fitted after training."""
 
-    def __init__(self, n_items: int, dim: int, llm: np.ndarray | None = None, pca: PCA | None = None):
+    def __init__(self, n_items: int, dim: int, llm: np.ndarray | None = None, pca: PCA | None = None,
+                 text_dropout: float = 0.0):
         super().__init__(n_items, dim)
         self.weight = nn.Embedding(n_items + 1, dim, padding_idx=0)
         nn.init.normal_(self.weight.weight, std=ID_INIT_STD)
         self.pca = pca
+        self.text_dropout = text_dropout
         if pca is not None:
             if pca.k != dim:
                 raise ValueError(f"the LLM embeddings allow {pca.k} principal components, the ID table needs {dim}")
             # [text, 1] @ text_map: the initial map is the PCA at the random init's scale, no offset.
-            self.register_buffer("text_map", torch.cat([torch.eye(dim) * (ID_INIT_STD * dim ** 0.5),
-                                                        torch.zeros(1, dim)]))
+            self.text_map = nn.Parameter(torch.cat([torch.eye(dim) * (ID_INIT_STD * dim ** 0.5), torch.zeros(1, dim)]),
+                                         requires_grad=text_dropout > 0)
             with torch.no_grad():
                 text = pca(torch.from_numpy(llm.astype(np.float32)))
                 self.register_buffer("text", text, persistent=False)   # training-time only
@@ -144,17 +149,22 @@ class IDEmbedding(ItemEmbedding):
         return torch.cat([text, text.new_ones(len(text), 1)], 1) @ self.text_map
 
     def table(self) -> torch.Tensor:
-        return self.weight.weight
+        rows = self.weight.weight
+        if self.training and self.text_dropout > 0:
+            dropped = torch.rand(len(rows), 1, device=rows.device) < self.text_dropout
+            rows = torch.where(dropped, with_padding_row(self._from_text(self.text)), rows)
+        return rows
 
     @torch.no_grad()
     def after_training(self, known: torch.Tensor) -> None:
         if self.pca is None:
             return
-        x = torch.cat([self.text, self.text.new_ones(len(self.text), 1)], 1).double()
-        y = self.weight.weight[1:].double()
-        gram = x[known].T @ x[known]
-        ridge = RIDGE * gram.trace() / len(gram) * torch.eye(len(gram), dtype=x.dtype, device=x.device)
-        self.text_map = torch.linalg.solve(gram + ridge, x[known].T @ y[known]).float()
+        if self.text_dropout == 0:
+            x = torch.cat([self.text, self.text.new_ones(len(self.text), 1)], 1).double()
+            y = self.weight.weight[1:].double()
+            gram = x[known].T @ x[known]
+            ridge = RIDGE * gram.trace() / len(gram) * torch.eye(len(gram), dtype=x.dtype, device=x.device)
+            self.text_map.copy_(torch.linalg.solve(gram + ridge, x[known].T @ y[known]))
         self.weight.weight[1:][~known] = self._from_text(self.text[~known])
 
     def add_items(self, llm: torch.Tensor) -> None:
@@ -356,7 +366,8 @@ def tslrec_knowledge(llm: np.ndarray, id_table: np.ndarray, cfg: SRSConfig) -> n
 def _id(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> IDEmbedding:
     if cfg.id_init == "random":
         return IDEmbedding(n_items, cfg.hidden_size)
-    return IDEmbedding(n_items, cfg.hidden_size, inputs.llm, fit_pca(inputs.llm, cfg.hidden_size, inputs.warm))
+    return IDEmbedding(n_items, cfg.hidden_size, inputs.llm, fit_pca(inputs.llm, cfg.hidden_size, inputs.warm),
+                       cfg.text_dropout)
 
 
 def _llm_frozen(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:
@@ -369,7 +380,8 @@ def _llmemb(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> LLMEmbAdapter
 
 
 def _llmesr(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:
-    ids = IDEmbedding(n_items, cfg.hidden_size, inputs.llm, fit_pca(inputs.llm, cfg.hidden_size, inputs.warm))
+    ids = IDEmbedding(n_items, cfg.hidden_size, inputs.llm, fit_pca(inputs.llm, cfg.hidden_size, inputs.warm),
+                      cfg.text_dropout)
     semantic = LLMEmbAdapter(inputs.llm, cfg.hidden_size, cfg.pca_dim, warm=inputs.warm)
     return DualView(ids, semantic)
 

@@ -83,15 +83,21 @@ def test_cold_items_appear_only_as_test_targets():
     assert cold[data.test_targets].any() and (~cold[data.test_targets]).any()
 
 
-def test_cold_items_score_from_their_text_only_with_llm_sources():
-    """Cold items never reach training: ID-only cannot rank them, sources whose rows come from the
-    LLM embeddings can (the cycle embeddings encode where an item sits on the users' walk)."""
+@pytest.mark.parametrize("text_dropout", [0.0, 0.3])
+def test_cold_items_score_from_their_text_only_with_llm_sources(text_dropout):
+    """Cold items never reach training: a random ID table cannot rank them; sources whose rows come
+    from the LLM embeddings can (the cycle embeddings encode where an item sits on the users' walk),
+    with the text map fitted after training (ridge) or trained with the model (text dropout)."""
     sequences, ids = cyclic_sequences()
-    cfg = SMALL.model_copy(update={"cold_items": 0.2, "align_alpha": 0.0, "loss": "ce", "epochs": 12})
+    cfg = SMALL.model_copy(update={"cold_items": 0.2, "align_alpha": 0.0, "loss": "ce", "epochs": 12,
+                                   "text_dropout": text_dropout})
     id_only = train(sequences, ids, cfg, "id", runner="local")
-    dual = train(sequences, ids, cfg, "llmesr", runner="local", item_embeddings=cycle_embeddings())
-    assert id_only.test["cold/HR@10"] < 0.05 < 0.5 < dual.test["cold/HR@10"]
-    assert dual.test["warm/HR@10"] > 0.5 and id_only.test["warm/HR@10"] > 0.5
+    text = cycle_embeddings()
+    dual = train(sequences, ids, cfg, "llmesr", runner="local", item_embeddings=text)
+    id_pca = train(sequences, ids, cfg.model_copy(update={"id_init": "llm-pca"}), "id", runner="local",
+                   item_embeddings=text)
+    assert id_only.test["cold/HR@10"] < 0.05 < 0.5 < min(dual.test["cold/HR@10"], id_pca.test["cold/HR@10"])
+    assert min(r.test["warm/HR@10"] for r in (id_only, dual, id_pca)) > 0.5
     assert not any(k.startswith("cold/") for k in dual.valid)   # validation never ranks cold items
 
 
