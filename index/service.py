@@ -220,7 +220,8 @@ def _resolve_token(cfg: ServeConfig) -> str | None:
 
 def _authorized(headers: Headers, token: str | None) -> bool:
     scheme, _, given = headers.get("authorization", "").partition(" ")
-    return token is None or (scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), token.encode()))
+    return token is None or (scheme.lower() == "bearer"
+                             and secrets.compare_digest(given.strip().encode(), token.encode()))
 
 
 class _Gate:

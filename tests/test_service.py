@@ -253,7 +253,8 @@ def test_cosine_search_ranks_extreme_vectors_by_direction(client, tiny, huge):
 
 
 def test_openapi_states_every_error_and_the_k_limit(world):
-    paths = TestClient(create_app(world.store, ServeConfig(max_k=MAX_K, token="t"))).get("/openapi.json").json()["paths"]
+    app = create_app(world.store, ServeConfig(max_k=MAX_K, token="t"))
+    paths = TestClient(app).get("/openapi.json").json()["paths"]
     for path, method, codes in [("/search", "post", {"400", "401", "413", "422", "503"}),
                                 ("/recommend", "post", {"404", "409", "422"}),
                                 ("/items/{item_id}/similar", "get", {"401", "404", "422"})]:
