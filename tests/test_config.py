@@ -104,3 +104,22 @@ def test_cli_usage_and_config_errors_are_one_line_exit_2(monkeypatch, capsys, ar
         cli.main()
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_ctrl_c_in_any_job_exits_130_with_one_line(monkeypatch, capsys):
+    """typer turns a KeyboardInterrupt into a *returned* 130 without standalone mode: the job exited 0."""
+    import typer
+
+    from jobs.runner import run
+
+    app = typer.Typer()
+
+    @app.command()
+    def job() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "argv", ["job"])
+    with pytest.raises(SystemExit) as exit_:
+        run(app)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 130 and err.count("\n") == 1 and err.startswith("interrupted: ")
