@@ -255,10 +255,10 @@ class _Gate:
         await self.app(scope, limited, send)
 
 
-
 # -- the app -------------------------------------------------------------------------------
 def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
     """The service over `store`; loads the CURRENT version now, polls for new ones while running."""
+    token = _resolve_token(cfg)   # before any work: an empty one is a startup error
     live = LiveIndex(store, cfg)
 
     @asynccontextmanager
@@ -267,7 +267,6 @@ def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
         yield
         live.stop()
 
-    token = _resolve_token(cfg)
     app = FastAPI(title="guidedrec", version="0.1.0", lifespan=lifespan,
                   description="Nearest items and next-item recommendations over the CURRENT index version.")
     app.state.live = live
