@@ -33,10 +33,7 @@ def load_items(path: Path | None, base: pa.Table | None = None, deleted: list[st
                 collector.add(row["item_id"], row, "")
     for rec in records:
         collector.add_record(rec)
-    items, quarantine = collector.tables()
-    if not items.num_rows:
-        raise ValueError(f"{path}: no valid items ({quarantine.num_rows} rows quarantined)")
-    return items, quarantine
+    return collector.tables(str(path))
 
 
 def _check_deletions(base: pa.Table, deleted: list[str], changed: set[str]) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from catalog.build import ItemCollector, assemble, clean_id
+from catalog.build import Interactions, ItemCollector, assemble, clean_id, timestamp
 from catalog.readers import bad_utf8, open_text, read_tsv
 from catalog.schemas import Catalog
 
@@ -16,15 +16,6 @@ _SCIENTIFIC_ROOT = "Industrial & Scientific"
 
 def _ml_text(value: str) -> str | None:
     return None if value.strip().lower() in _ML_PLACEHOLDERS else value
-
-
-def _ml_interaction(fields: dict[str, str]) -> tuple[str, str, int] | None:
-    user, item = clean_id(fields["user_id:token"]), clean_id(fields["item_id:token"])
-    try:
-        stamp = int(float(fields["timestamp:float"]))
-    except (ValueError, OverflowError):
-        return None
-    return (user, item, stamp) if user and item else None
 
 
 def load_ml100k(root: Path, k: int) -> Catalog:
@@ -40,17 +31,19 @@ def load_ml100k(root: Path, k: int) -> Catalog:
         text = {"title": _ml_text(f["movie_title:token_seq"]), "genres": genres, "year": _ml_text(f["release_year:token"])}
         items.add(f["item_id:token"], text, rec.raw)
 
-    users, item_ids, ts, dropped = [], [], [], 0
+    interactions = Interactions()
     inter_columns = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
     for rec in read_tsv(root / "ml-100k.inter.gz", inter_columns):
-        row = None if rec.problem else _ml_interaction(rec.fields)
-        if row is None:
-            dropped += 1
-            continue
-        users.append(row[0])
-        item_ids.append(row[1])
-        ts.append(row[2])
-    return assemble("ml-100k", "movie", items, users, item_ids, ts, k, dropped)
+        user, item = clean_id(rec.fields.get("user_id:token")), clean_id(rec.fields.get("item_id:token"))
+        problem = rec.problem or (None if user and item else "malformed row: no user or item id")
+        if problem is None:
+            try:
+                interactions.add(user, item, timestamp(rec.fields["timestamp:float"]))
+                continue
+            except ValueError as e:
+                problem = str(e)
+        interactions.drop(problem, rec.raw, user, item)
+    return assemble("ml-100k", "movie", items, interactions, k)
 
 
 def load_beauty(root: Path, k: int) -> Catalog:
@@ -69,24 +62,22 @@ def load_beauty(root: Path, k: int) -> Catalog:
         elif items.add(asin, {"title": rec.fields["title"]}, rec.raw):
             asin_of[number] = asin.strip()
 
-    users, item_ids, ts, dropped = [], [], [], 0
+    interactions = Interactions()
     with open_text(root / "sequences.txt.gz") as f:
         for line in f:
             if not line.strip():
                 continue
             user, *sequence = line.split()
-            if bad_utf8(line):
-                dropped += len(sequence)
-                continue
+            bad = bad_utf8(line)
             for position, number in enumerate(sequence):
                 asin = asin_of.get(number)
-                if asin is None:
-                    dropped += 1
-                    continue
-                users.append(user)
-                item_ids.append(asin)
-                ts.append(position)
-    return assemble("amazon-beauty", "beauty", items, users, item_ids, ts, k, dropped)
+                if bad:
+                    interactions.drop("invalid utf-8", line.rstrip("\r\n"), user, number)
+                elif asin is None:
+                    interactions.drop("unknown item number", "", user, number)
+                else:
+                    interactions.add(user, asin, position)
+    return assemble("amazon-beauty", "beauty", items, interactions, k)
 
 
 def split_scientific_text(text: str) -> dict[str, str | None]:
@@ -126,20 +117,18 @@ def load_scientific(root: Path, k: int) -> Catalog:
 
     asin_of = _index(root / "Scientific.item2index.gz")
     user_of = _index(root / "Scientific.user2index.gz")
-    users, item_ids, ts, dropped = [], [], [], 0
+    interactions = Interactions()
     columns = ["user_id:token", "item_id_list:token_seq", "item_id:token"]
     for rec in read_tsv(root / "Scientific.test.inter.gz", columns):
         if rec.problem:
-            dropped += 1
+            interactions.drop(rec.problem, rec.raw, rec.fields.get("user_id:token"))
             continue
         sequence = rec.fields["item_id_list:token_seq"].split() + [rec.fields["item_id:token"].strip()]
         user = user_of.get(rec.fields["user_id:token"].strip())
         for position, index in enumerate(sequence):
             asin = asin_of.get(index)
             if user is None or asin is None:
-                dropped += 1
-                continue
-            users.append(user)
-            item_ids.append(asin)
-            ts.append(position)
-    return assemble("amazon-scientific-mini", "scientific", items, users, item_ids, ts, k, dropped)
+                interactions.drop("unknown user or item index", "", rec.fields["user_id:token"], index)
+            else:
+                interactions.add(user, asin, position)
+    return assemble("amazon-scientific-mini", "scientific", items, interactions, k)

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-from catalog.build import ItemCollector, assemble, clean_id
+from catalog.build import Interactions, ItemCollector, assemble, clean_id, timestamp
 from catalog.readers import read_records
 from catalog.schemas import Catalog
 
@@ -36,37 +34,25 @@ def _domain(directory: Path) -> str:
     return domain.strip() if domain else "product"
 
 
-def _timestamp(value: Any) -> int | None:
-    """Integer seconds from a number, a numeric string or an ISO date (naive = UTC); None if unreadable."""
-    if isinstance(value, datetime):
-        return int((value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp())
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return int(float(value))
-    except (TypeError, ValueError, OverflowError):
-        pass
-    try:
-        return _timestamp(datetime.fromisoformat(str(value).strip()))
-    except ValueError:
-        return None
-
-
 def load_directory(directory: Path, k: int) -> Catalog:
     """Every non-id column of the items file is prompt text; interactions without `ts` use file order."""
     domain = _domain(directory)  # a bad catalog.json fails before any data is read
     items = ItemCollector()
-    for rec in read_records(data_file(directory, "items"), ("item_id",))[1]:
+    items_file = data_file(directory, "items")
+    for rec in read_records(items_file, ("item_id",))[1]:
         items.add_record(rec)
 
     columns, records = read_records(data_file(directory, "interactions"), ("user_id", "item_id"))
-    users, item_ids, ts, dropped = [], [], [], 0
+    interactions = Interactions()
     for position, rec in enumerate(records):
-        stamp = _timestamp(rec.fields.get("ts")) if "ts" in columns else position
-        if rec.problem or stamp is None:
-            dropped += 1
+        user, item = rec.fields.get("user_id"), rec.fields.get("item_id")
+        if rec.problem:
+            interactions.drop(rec.problem, rec.raw, user, item)
             continue
-        users.append(clean_id(rec.fields["user_id"]))
-        item_ids.append(clean_id(rec.fields["item_id"]))
-        ts.append(stamp)
-    return assemble(directory.resolve().name, domain, items, users, item_ids, ts, k, dropped)
+        try:
+            stamp = timestamp(rec.fields.get("ts")) if "ts" in columns else position
+        except ValueError as e:
+            interactions.drop(str(e), rec.raw, user, item)
+            continue
+        interactions.add(clean_id(user), clean_id(item), stamp)
+    return assemble(directory.resolve().name, domain, items, interactions, k, source=str(items_file))

@@ -9,6 +9,7 @@ from catalog.generic import load_directory
 from catalog.schemas import Catalog
 from catalog.synthetic import synthetic_catalog
 from cluster.config import DatasetConfig
+from cluster.layout import NAMED_DATASETS
 
 # Public sets, read from DatasetConfig.resolved_data_root() / name.
 _PUBLIC: dict[str, Callable[[Path, int], Catalog]] = {
@@ -16,7 +17,7 @@ _PUBLIC: dict[str, Callable[[Path, int], Catalog]] = {
     "amazon-beauty": load_beauty,
     "amazon-scientific-mini": load_scientific,
 }
-KNOWN_DATASETS = ("synthetic", *_PUBLIC)
+KNOWN_DATASETS = NAMED_DATASETS   # "synthetic" and _PUBLIC
 
 
 def load_catalog(cfg: DatasetConfig) -> Catalog:

@@ -16,12 +16,15 @@ from catalog.schemas import RESERVED_COLUMNS
 
 
 def clean_text(value: Any) -> str | None:
-    """One-line trimmed text, or None when there is nothing to say (lists are joined with ', ')."""
+    """One-line trimmed text, or None when there is nothing to say (lists are joined with ', ', a JSON
+    object is its JSON text, never a Python repr)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, (list, tuple)):
         parts = [p for p in (clean_text(v) for v in value) if p]
         return ", ".join(parts) or None
+    if isinstance(value, dict):
+        return clean_text(json.dumps(value, ensure_ascii=False, default=str)) if value else None
     return " ".join(str(value).split()) or None
 
 

@@ -16,6 +16,7 @@ def publish_catalog(cfg: Config, store: Store) -> tuple[str, Catalog]:
     store.write_parquet(catalog_file(name, "items"), cat.items, row_group_size=cfg.embed.block_size)
     store.write_parquet(catalog_file(name, "interactions"), cat.interactions)
     store.write_parquet(catalog_file(name, "quarantine"), cat.quarantine)
+    store.write_parquet(catalog_file(name, "dropped"), cat.dropped)
     rel = catalog_dir(name)
     store.commit(rel, {
         "name": cat.name, "domain": cat.domain, "items": cat.items.num_rows,

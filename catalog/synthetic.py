@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from itertools import accumulate, product
 
-from catalog.build import ItemCollector, assemble
+from catalog.build import Interactions, ItemCollector, assemble
 from catalog.schemas import Catalog
 from cluster.config import DatasetConfig
 
@@ -126,7 +126,7 @@ def synthetic_catalog(cfg: DatasetConfig) -> Catalog:
     cum_weights = [list(accumulate(1.0 / (rank + 1) ** _POPULARITY_SKEW for rank in range(len(ids)))) for ids in members]
     n_themes = len(members)
     width = len(str(n_users))
-    users, item_ids, ts = [], [], []
+    interactions = Interactions()
     for u in range(n_users):
         favourites = rng.sample(range(n_themes), rng.choice((1, 2)))
         theme = rng.choice(favourites)
@@ -139,7 +139,5 @@ def synthetic_catalog(cfg: DatasetConfig) -> Catalog:
                 if item not in seen:
                     break
             seen.add(item)
-            users.append(f"u{u + 1:0{width}d}")
-            item_ids.append(item)
-            ts.append(position)
-    return assemble("synthetic", "product", collector, users, item_ids, ts, cfg.min_interactions)
+            interactions.add(f"u{u + 1:0{width}d}", item, position)
+    return assemble("synthetic", "product", collector, interactions, cfg.min_interactions)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -38,9 +39,24 @@ class S3Config(_Section):
     secret_key: str | None = Field(None, description="Falls back to AWS_SECRET_ACCESS_KEY.")
 
 
+STORAGE_URI_FORMS = "a local path (./store, /data/store, file:///data/store) or s3://bucket[/prefix]"
+
+
+def check_storage_uri(uri: str) -> str:
+    """`uri` if it is one of STORAGE_URI_FORMS. Anything else that looks like a scheme (s3:/bucket, gs://,
+    store:v2) is refused rather than taken for a local folder named after it."""
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", uri)
+    if (not uri.strip() or scheme and not uri.startswith(("s3://", "file://"))
+            or uri.startswith("s3://") and not uri[len("s3://"):].strip("/")):
+        raise ValueError(f"unsupported storage URI {uri!r}: use {STORAGE_URI_FORMS}")
+    return uri
+
+
 class StorageConfig(_Section):
     uri: str = Field("./store", description="Root of all outputs: a local path or s3://bucket/prefix.")
     s3: S3Config = S3Config()
+
+    _uri = field_validator("uri")(check_storage_uri)
 
 
 class DatasetConfig(_Section):
@@ -177,11 +193,21 @@ class ServeConfig(_Section):
     port: int = Field(8000, ge=1, le=65535)
     token: SecretStr | None = Field(None, description="Bearer token the query endpoints require (None: no auth; "
                                     "falls back to $GUIDEDREC_TOKEN, to keep it out of this file).")
-    poll_seconds: float = Field(5.0, gt=0, description="How often storage is checked for a new CURRENT index or SRS model.")
+    poll_seconds: float = Field(5.0, gt=0, le=86400, allow_inf_nan=False,
+                                description="How often storage is checked for a new CURRENT index or SRS model "
+                                "(at most a day).")
     max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
     model_source: str | None = Field(
         None, description="Embedding source of the SRS model /recommend uses, e.g. id (None: the published "
         "source with the best validation NDCG@10).")
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
+        """An empty token would turn authentication off without a word."""
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError("the token is empty: set a non-empty token or remove the key (no auth)")
+        return v
 
 
 class FinetuneConfig(_Section):
@@ -234,6 +260,22 @@ class Config(_Section):
     finetune: FinetuneConfig = FinetuneConfig()
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (YAML loaders keep the last one silently,
+    so an edit lower in the file would quietly win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str):   # config keys; anything else is refused by validation anyway
+                if key in seen:
+                    raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                            f"found duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _format(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
@@ -249,7 +291,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
     if path is not None:
         source = str(path)
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except yaml.YAMLError as e:

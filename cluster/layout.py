@@ -2,7 +2,8 @@
 
 Under a store's root (local path or s3://bucket/prefix):
 
-    catalog/<name>/                       items, interactions and quarantine Parquet files
+    catalog/<name>/                       items, interactions, quarantine (item rows) and dropped
+                                          (interaction rows) Parquet files
     embeddings/<run>/                     part-*.parquet files of one embeddings run
     index/<version>/, index/CURRENT       FAISS index versions; CURRENT names the live one
     models/<lineage>/<source>/<version>/  trained SRS models; the source folder's manifest names the live one
@@ -36,6 +37,8 @@ from cluster.storage import StorageError, Store
 CATALOG, EMBEDDINGS, INDEX, MODELS, REPORTS, TRAIN_RUNS, ADAPTERS = (
     "catalog", "embeddings", "index", "models", "reports", "ray-train", "adapters")
 CURRENT = f"{INDEX}/CURRENT"
+# Data sets stored under their own name (catalog.loaders reads them); any other dataset.name is a folder.
+NAMED_DATASETS = ("synthetic", "ml-100k", "amazon-beauty", "amazon-scientific-mini")
 
 _VERSION = r"\d{8}T\d{12}Z-[0-9a-f]{6}"
 _UPDATE_SUFFIX = re.compile(rf"-u{_VERSION}$")
@@ -57,7 +60,14 @@ def is_version(name: str) -> bool:
 
 # -- names -------------------------------------------------------------------------------------
 def catalog_name(cfg: Config) -> str:
-    return Path(cfg.dataset.name).name
+    """A named data set's name; for a catalog folder, its name plus a hash of its absolute path, so
+    /a/shop and /b/shop never share a catalog or a run, while one folder keeps its name (and its
+    runs, models and updates) as its files change."""
+    name = cfg.dataset.name
+    if name in NAMED_DATASETS:
+        return name
+    folder = Path(name).expanduser().resolve()
+    return f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
 
 
 def catalog_dir(name: str) -> str:
@@ -65,7 +75,8 @@ def catalog_dir(name: str) -> str:
 
 
 def catalog_file(name: str, kind: str = "items") -> str:
-    """catalog/<name>/<kind>.parquet, kind one of items, interactions, quarantine (or embedded, for updates)."""
+    """catalog/<name>/<kind>.parquet, kind one of items, interactions, quarantine, dropped (or embedded,
+    for updates)."""
     return f"{catalog_dir(name)}/{kind}.parquet"
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from cluster.config import S3Config
+from cluster.config import S3Config, check_storage_uri
 
 MANIFEST = "_manifest.json"
 
@@ -42,14 +42,15 @@ class Store:
     """A root URI plus the filesystem that serves it; paths below it are relative, '/'-separated."""
 
     def __init__(self, uri: str, s3: S3Config | None = None):
-        self.uri = uri.rstrip("/")
+        try:
+            self.uri = check_storage_uri(uri).rstrip("/")
+        except ValueError as e:
+            raise StorageError(str(e)) from None
         self.s3 = s3 or S3Config()
         if self.uri.startswith("s3://"):
             self.fs: pafs.FileSystem = _s3_filesystem(self.s3)
             self.root = self.uri[len("s3://"):]
             self.is_local = False
-        elif "://" in self.uri and not self.uri.startswith("file://"):
-            raise StorageError(f"unsupported storage URI {uri!r}: use a local path or s3://bucket/prefix")
         else:
             self.fs = pafs.LocalFileSystem()
             self.root = str(Path(self.uri.removeprefix("file://")).expanduser().resolve())

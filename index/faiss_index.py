@@ -40,6 +40,15 @@ def _first_bad_ids(mask: np.ndarray, ids: list[str], limit: int = 3) -> str:
     return ", ".join(repr(ids[r]) for r in np.flatnonzero(mask)[:limit])
 
 
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, computed in float64: float32's squares underflow for tiny rows
+    ([1e-45] * d) and overflow for huge ones ([3e38] * d), which faiss.normalize_L2 turns into
+    wrong directions or zeros. A zero row stays zero, as faiss.normalize_L2 leaves it."""
+    x64 = x.astype(np.float64)
+    norms = np.linalg.norm(x64, axis=1, keepdims=True)
+    return np.divide(x64, norms, out=np.zeros_like(x64), where=norms > 0).astype(np.float32)
+
+
 def prepare(ids: list[str], vectors: np.ndarray, metric: str) -> np.ndarray:
     """Validate (ids, vectors) and return the vectors as FAISS stores them (a unit-length copy for cosine)."""
     _check_metric(metric)
@@ -56,8 +65,7 @@ def prepare(ids: list[str], vectors: np.ndarray, metric: str) -> np.ndarray:
         zero = ~np.any(x, axis=1)
         if zero.any():
             raise ValueError(f"{zero.sum()} zero vectors have no cosine direction: {_first_bad_ids(zero, ids)}")
-        x = x.copy()
-        faiss.normalize_L2(x)
+        x = _unit_rows(x)
     return x
 
 
@@ -195,8 +203,7 @@ class ItemIndex:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if self.metric == "cosine":
-            q = q.copy()
-            faiss.normalize_L2(q)
+            q = _unit_rows(q)
         scores, labels = self._searcher.search(q, min(k, len(self)))
         scores[labels < 0] = np.nan
         item = self._item

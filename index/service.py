@@ -6,8 +6,6 @@ CURRENT (or the published model) changes, loads the new one beside the old and s
 reference. A request takes the reference once, so it never mixes two versions and requests in
 flight during a swap finish on the version they started with.
 """
-from __future__ import annotations
-
 import json
 import logging
 import os
@@ -22,8 +20,10 @@ import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cluster.config import ServeConfig
 from cluster.layout import NoIndexError, current_version
@@ -35,6 +35,9 @@ from srs.published import NoModelError, find_model
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "GUIDEDREC_TOKEN"
+MAX_BODY_BYTES = 1 << 20   # a /search body with a 4,096-dim vector is about 100 kB of JSON
+_TOO_LARGE = f"the request body is larger than {MAX_BODY_BYTES} bytes"
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
 # -- what is served ------------------------------------------------------------------------
@@ -150,15 +153,19 @@ class ItemsResponse(BaseModel):
     items: list[ScoredItem]
 
 
-class SearchRequest(BaseModel):
+class _Request(BaseModel):
+    """Strict: `k: true` or `"3"` is refused, not coerced (create_app adds `k`, bounded by serve.max_k)."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class SearchRequest(_Request):
     vector: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(min_length=1)
-    k: int = Field(10, ge=1)
     exclude: list[str] = Field(default_factory=list, description="Item ids to leave out.")
 
 
-class RecommendRequest(BaseModel):
+class RecommendRequest(_Request):
     items: list[str] = Field(min_length=1, description="The user's items, oldest first.")
-    k: int = Field(10, ge=1)
     exclude_seen: bool = Field(True, description="Leave out the items of the sequence.")
     exclude: list[str] = Field(default_factory=list, description="More item ids to leave out.")
 
@@ -180,20 +187,78 @@ def _scored(snap: Snapshot, ids: list[str], scores: Iterable[float], exclude: se
     return [ScoredItem(item_id=i, score=s, title=snap.titles.get(i)) for i, s in kept]
 
 
-def _bearer_check(token: str):
-    """A dependency that answers 401 unless the request carries `Authorization: Bearer <token>`."""
-    bearer = HTTPBearer(auto_error=False)
+class FieldProblem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
 
-    def check(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if cred is None or not secrets.compare_digest(cred.credentials.encode(), token.encode()):
-            raise HTTPException(401, "a valid bearer token is required: Authorization: Bearer <token>",
-                                headers={"WWW-Authenticate": "Bearer"})
-    return check
+
+class Problem(BaseModel):
+    detail: str | list[FieldProblem] = Field(description="What is wrong: one line, or one entry per bad field (422).")
+
+
+def _problems(**described: str) -> dict:
+    """OpenAPI `responses` for error statuses, all answered as a Problem."""
+    return {code: {"model": Problem, "description": text} for code, text in described.items()}
+
+
+API_ERRORS = _problems(**{
+    "400": "The body could not be read (e.g. not UTF-8).",
+    "401": "A bearer token is configured and the request does not carry it.",
+    "413": f"The body is larger than {MAX_BODY_BYTES} bytes.",
+    "422": "A field is missing, of the wrong type or out of range (k above serve.max_k included).",
+    "503": "No index has been built yet."})
+
+
+def _resolve_token(cfg: ServeConfig) -> str | None:
+    """serve.token, else $GUIDEDREC_TOKEN; set but empty is an error, never an open server."""
+    token = cfg.token.get_secret_value() if cfg.token else os.environ.get(TOKEN_ENV)
+    if token is not None and not token.strip():
+        raise ValueError(f"${TOKEN_ENV} is set but empty: set a non-empty token or remove it (no auth)")
+    return token
+
+
+def _authorized(headers: Headers, token: str | None) -> bool:
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    return token is None or (scheme.lower() == "bearer"
+                             and secrets.compare_digest(given.strip().encode(), token.encode()))
+
+
+class _Gate:
+    """ASGI middleware, run before a body is read: a request outside PUBLIC_PATHS without the bearer
+    token is answered 401 at once, and a body over MAX_BODY_BYTES (declared or as it streams) 413."""
+
+    def __init__(self, app: ASGIApp, token: str | None):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        if scope["path"] not in PUBLIC_PATHS and not _authorized(headers, self.token):
+            response = JSONResponse({"detail": "a valid bearer token is required: Authorization: Bearer <token>"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return await response(scope, receive, send)
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return await JSONResponse({"detail": _TOO_LARGE}, status_code=413)(scope, receive, send)
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY_BYTES:
+                raise HTTPException(413, _TOO_LARGE)   # FastAPI lets a receive's HTTPException through
+            return message
+
+        await self.app(scope, limited, send)
 
 
 # -- the app -------------------------------------------------------------------------------
 def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
     """The service over `store`; loads the CURRENT version now, polls for new ones while running."""
+    token = _resolve_token(cfg)   # before any work: an empty one is a startup error
     live = LiveIndex(store, cfg)
 
     @asynccontextmanager
@@ -205,8 +270,13 @@ def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
     app = FastAPI(title="guidedrec", version="0.1.0", lifespan=lifespan,
                   description="Nearest items and next-item recommendations over the CURRENT index version.")
     app.state.live = live
-    token = cfg.token.get_secret_value() if cfg.token else os.environ.get(TOKEN_ENV)
-    api = APIRouter(dependencies=[Depends(_bearer_check(token))] if token else [])
+    app.add_middleware(_Gate, token=token)
+    # _Gate checks the token; the dependency puts the bearer scheme in the OpenAPI schema.
+    api = APIRouter(dependencies=[Depends(HTTPBearer())] if token else [],
+                    responses={code: r for code, r in API_ERRORS.items() if token or code != "401"})
+    k_field = Field(min(10, cfg.max_k), ge=1, le=cfg.max_k, description="How many items (at most serve.max_k).")
+    Search = create_model("SearchRequest", __base__=SearchRequest, k=(int, k_field))
+    Recommend = create_model("RecommendRequest", __base__=RecommendRequest, k=(int, k_field))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -220,26 +290,27 @@ def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
             raise HTTPException(503, live.waiting_for)
         return snap
 
-    def check_k(k: int) -> None:
-        if k > cfg.max_k:
-            raise HTTPException(422, f"k={k} is above this service's max_k={cfg.max_k}")
-
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
-    def healthz():
-        """Liveness and what is served (no token needed: it shows no catalog data)."""
+    def healthz(request: Request):
+        """Liveness and what is served. No token needed, but without it no storage path is shown
+        (the model's location and the details, which name the store)."""
         snap = live.snapshot
         if snap is None:
-            return JSONResponse(Health(status="no index", detail=live.waiting_for).model_dump(), status_code=503)
-        return Health(status="ok", version=snap.version, count=len(snap.index), run=snap.manifest["run"],
-                      metric=snap.index.metric, dims=snap.index.dims,
-                      model=snap.model.where if snap.model else None,
-                      source=snap.model.source if snap.model else None, detail=snap.model_problem)
+            health, status = Health(status="no index", detail=live.waiting_for), 503
+        else:
+            health, status = Health(status="ok", version=snap.version, count=len(snap.index), run=snap.manifest["run"],
+                                    metric=snap.index.metric, dims=snap.index.dims,
+                                    model=snap.model.where if snap.model else None,
+                                    source=snap.model.source if snap.model else None, detail=snap.model_problem), 200
+        if not _authorized(request.headers, token):
+            health = health.model_copy(update={"model": None, "detail": None})
+        return JSONResponse(health.model_dump(), status_code=status)
 
-    @api.get("/items/{item_id}/similar")
-    def similar(item_id: str, k: int = Query(10, ge=1), exclude: str = Query(
-            "", description="Comma-separated item ids to leave out.")) -> ItemsResponse:
+    @api.get("/items/{item_id}/similar", responses=_problems(**{"404": "The item is not in the index."}))
+    def similar(item_id: str, k: int = Query(min(10, cfg.max_k), ge=1, le=cfg.max_k,
+                                             description="How many items (at most serve.max_k)."),
+                exclude: str = Query("", description="Comma-separated item ids to leave out.")) -> ItemsResponse:
         """The k nearest items of an indexed item (never the item itself)."""
-        check_k(k)
         snap = served()
         excluded = {e for e in exclude.split(",") if e}
         try:
@@ -249,9 +320,8 @@ def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
         return ItemsResponse(version=snap.version, items=_scored(snap, found[0], scores[0], excluded, k))
 
     @api.post("/search")
-    def search(req: SearchRequest) -> ItemsResponse:
+    def search(req: Search) -> ItemsResponse:
         """The k nearest items of a raw vector in the index's embedding space."""
-        check_k(req.k)
         snap = served()
         if len(req.vector) != snap.index.dims:
             raise HTTPException(422, f"vector has {len(req.vector)} dims, index {snap.version} expects {snap.index.dims}")
@@ -265,10 +335,11 @@ def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
         found, scores = snap.index.search(vector, req.k + len(excluded))
         return ItemsResponse(version=snap.version, items=_scored(snap, found[0], scores[0], excluded, req.k))
 
-    @api.post("/recommend", responses={409: {"description": "No trained SRS model for the served run."}})
-    def recommend(req: RecommendRequest) -> ItemsResponse:
+    @api.post("/recommend", responses=_problems(**{
+        "404": "An item of the sequence is not in the SRS model's catalog.",
+        "409": "No trained SRS model for the served run."}))
+    def recommend(req: Recommend) -> ItemsResponse:
         """The k items the SRS model ranks next after the user's sequence."""
-        check_k(req.k)
         snap = served()
         if snap.model is None:
             raise HTTPException(409, snap.model_problem)

@@ -10,15 +10,25 @@ from pathlib import Path
 import typer
 
 from cluster import Config, Store, load_config, store_from_config
-from jobs.runner import DATASET_HELP, VERBOSE
+from cluster.layout import run_dir, run_name
+from jobs.runner import DATASET_HELP, VERBOSE, Interrupted
 from llm.adapters import parse_adapters
 from llm.embed import embed_catalog
 
 
 def run_embed(cfg: Config, store: Store | None = None, overwrite: bool = False,
               adapters: dict[str, str] | None = None, resume: bool = False, attributes: bool = False) -> dict:
-    """Embed the configured catalog (skipped when its run is committed); returns the run's manifest."""
-    summary, embedded = embed_catalog(cfg, store or store_from_config(cfg), overwrite, adapters, resume, attributes)
+    """Embed the configured catalog (skipped when its run is committed); returns the run's manifest.
+    Ctrl-C raises Interrupted, saying which part files are kept and that --resume embeds only the rest."""
+    store = store or store_from_config(cfg)
+    try:
+        summary, embedded = embed_catalog(cfg, store, overwrite, adapters, resume, attributes)
+    except KeyboardInterrupt:
+        rel = run_dir(run_name(cfg, adapters, attributes))
+        parts = sum(name.endswith(".parquet") for name in store.list(rel))
+        raise Interrupted(f"embeddings run {store.full_uri(rel)} not committed; its {parts} finished part files "
+                          "are kept: run `guidedrec embed --resume` with the same options to embed only the rest "
+                          "(without --resume they are deleted)") from None
     if not embedded:
         print(f"embeddings run {summary['uri']} is already committed: nothing to do", flush=True)
         return summary

@@ -18,6 +18,7 @@ from catalog import (
     KNOWN_DATASETS, content_hash, item_prompt, k_core, leave_one_out, load_catalog, prompt_columns, user_sequences,
 )
 from catalog.datasets import split_scientific_text
+from catalog.loaders import _PUBLIC
 from cluster.config import DatasetConfig
 
 
@@ -275,6 +276,95 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match=r"items\.csv: missing column 'item_id'"):
         load_catalog(DatasetConfig(name=str(tmp_path)))
     assert KNOWN_DATASETS == ("synthetic", "ml-100k", "amazon-beauty", "amazon-scientific-mini")
+    assert set(KNOWN_DATASETS) == {"synthetic", *_PUBLIC}
+
+
+@pytest.mark.parametrize("stamp", ["99999999999999999999", "1e30", "-1e30", "-99999999999999999999", "inf"])
+def test_out_of_range_timestamps_are_dropped_with_their_reason(tmp_path, stamp):
+    """They raised OverflowError from pyarrow's int64 column, a traceback out of `guidedrec ingest`."""
+    _write(tmp_path / "items.csv", _ITEMS)
+    (tmp_path / "interactions.csv").write_text(f"user_id,item_id,ts\nu1,a,10\nu1,b,{stamp}\nu1,c,30\n")
+    catalog = load_catalog(DatasetConfig(name=str(tmp_path), min_interactions=1))
+    assert user_sequences(catalog.interactions) == {"u1": ["a", "c"]}
+    assert catalog.dropped.to_pylist() == [
+        {"user_id": "u1", "item_id": "b", "reason": f"ts {stamp!r} is out of range", "raw": f"u1,b,{stamp}"}]
+    big = tmp_path / "big"
+    big.mkdir()
+    _write(big / "items.jsonl", _ITEMS)
+    _write(big / "interactions.jsonl", [{"user_id": "u", "item_id": "a", "ts": 10**20},
+                                        {"user_id": "u", "item_id": "b", "ts": 1e30},
+                                        {"user_id": "u", "item_id": "c", "ts": 2**63 - 1}])
+    catalog = load_catalog(DatasetConfig(name=str(big), min_interactions=1))
+    assert catalog.interactions["item_id"].to_pylist() == ["c"]
+    assert [r["reason"] for r in catalog.dropped.to_pylist()] == ["ts 100000000000000000000 is out of range",
+                                                                   "ts 1e+30 is out of range"]
+
+
+@pytest.mark.parametrize("content", ["item_id,title\n", "item_id,title\n  ,  \n"])
+def test_items_file_without_a_valid_row_is_refused(tmp_path, content):
+    """A header-only file was committed as a catalog of 0 items; embedding it then crashed inside Ray."""
+    (tmp_path / "items.csv").write_text(content)
+    _write(tmp_path / "interactions.csv", [{"user_id": "u", "item_id": "a"}])
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'items.csv'}: no valid items (")):
+        load_catalog(DatasetConfig(name=str(tmp_path)))
+
+
+def test_ingest_of_an_empty_items_file_is_one_line_and_commits_nothing(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from jobs import cli
+
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    (folder / "items.csv").write_text("item_id,title\n")
+    _write(folder / "interactions.csv", [{"user_id": "u", "item_id": "a"}])
+    store = tmp_path / "store"
+    (tmp_path / "c.yaml").write_text(f"storage:\n  uri: {store}\n")
+    argv = ["guidedrec", "ingest", "--config", str(tmp_path / "c.yaml"), "--dataset", str(folder)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "no valid items (0 rows quarantined)" in err
+    assert not store.exists()
+
+
+def test_json_object_text_is_stored_as_json(tmp_path):
+    _write(tmp_path / "items.jsonl", [{"item_id": "a", "title": {"en": "Tent", "de": "Zelt"}},
+                                      {"item_id": "b", "title": "Stove", "specs": {}}])
+    _write(tmp_path / "interactions.jsonl", [{"user_id": "u", "item_id": "a"}])
+    items = load_catalog(DatasetConfig(name=str(tmp_path), min_interactions=1)).items.to_pylist()
+    assert json.loads(items[0]["title"]) == {"en": "Tent", "de": "Zelt"} and items[1]["specs"] is None
+
+
+def test_folders_of_the_same_name_are_different_catalogs(tmp_path, monkeypatch):
+    """/a/shop and /b/shop shared catalog/shop and every run made from it."""
+    from cluster.config import load_config
+    from cluster.layout import catalog_name, run_name
+
+    def name_of(dataset: str) -> str:
+        return catalog_name(load_config(None, {"dataset.name": dataset}))
+
+    a, b = tmp_path / "a" / "shop", tmp_path / "b" / "shop"
+    assert name_of(str(a)).startswith("shop-") and name_of(str(a)) != name_of(str(b))
+    assert run_name(load_config(None, {"dataset.name": str(a)})).startswith(f"{name_of(str(a))}-")
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    assert name_of("shop") == name_of("./shop") == name_of(str(a))   # one folder, however it is named
+    for name in KNOWN_DATASETS:   # stored runs and benchmarks use these names
+        assert name_of(name) == name
+
+    from catalog.publish import publish_catalog
+    from cluster.storage import Store
+
+    store = Store(str(tmp_path / "store"))
+    for folder, title in ((a, "Tent"), (b, "Stove")):
+        folder.mkdir(parents=True, exist_ok=True)
+        _write(folder / "items.csv", [{"item_id": "x", "title": title}])
+        _write(folder / "interactions.csv", [{"user_id": "u", "item_id": "x"}])
+        rel, _ = publish_catalog(load_config(None, {"dataset.name": str(folder), "dataset.min_interactions": 1}), store)
+        assert store.read_parquet(f"{rel}/items.parquet")["title"].to_pylist() == [title]
+    assert len(store.list("catalog")) == 2
 
 
 # ---------------------------------------------------------------- prompts and hashes

@@ -31,6 +31,47 @@ def test_invalid_values_name_the_key(tmp_path, text, key, problem):
     assert key in str(err.value) and problem in str(err.value)
 
 
+@pytest.mark.parametrize("key, value, problem", [
+    ("serve.poll_seconds", float("inf"), "finite number"),   # the poller thread died with OverflowError
+    ("serve.poll_seconds", float("nan"), "finite number"),
+    ("serve.poll_seconds", 0, "greater than 0"),
+    ("serve.poll_seconds", -1.5, "greater than 0"),
+    ("serve.token", "", "set a non-empty token or remove"),   # used to turn authentication off silently
+    ("serve.token", "  ", "set a non-empty token or remove"),
+    ("storage.uri", "s3:/bucket/x", "'s3:/bucket/x': use a local path"),   # used to write to a folder named s3:
+    ("storage.uri", "gs://bucket/x", "or s3://bucket[/prefix]"),
+    ("storage.uri", "s3://", "unsupported storage URI"),
+    ("storage.uri", "", "unsupported storage URI"),
+])
+def test_edge_values_are_refused_at_load(key, value, problem):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {key: value})
+    assert key in str(err.value) and problem in str(err.value)
+
+
+@pytest.mark.parametrize("uri", ["./store", "/data/store", "store", "./a:b", "file:///data/store", "s3://bucket",
+                                 "s3://bucket/prefix"])
+def test_accepted_storage_uris(uri):
+    assert load_config(None, {"storage.uri": uri}).storage.uri == uri
+
+
+def test_store_refuses_what_the_config_refuses():
+    from cluster.storage import StorageError, Store
+
+    with pytest.raises(StorageError, match="unsupported storage URI 's3:/bucket'"):
+        Store("s3:/bucket")
+
+
+def test_duplicate_yaml_key_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("embed:\n  batch_size: 8\n  actors: 1\n  batch_size: 16\n")
+    with pytest.raises(ConfigError, match="found duplicate key 'batch_size'"):
+        load_config(path)
+    path.write_text("embed:\n  batch_size: 8\nembed:\n  actors: 1\n")
+    with pytest.raises(ConfigError, match="found duplicate key 'embed'"):
+        load_config(path)
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
@@ -63,3 +104,22 @@ def test_cli_usage_and_config_errors_are_one_line_exit_2(monkeypatch, capsys, ar
         cli.main()
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_ctrl_c_in_any_job_exits_130_with_one_line(monkeypatch, capsys):
+    """typer turns a KeyboardInterrupt into a *returned* 130 without standalone mode: the job exited 0."""
+    import typer
+
+    from jobs.runner import run
+
+    app = typer.Typer()
+
+    @app.command()
+    def job() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "argv", ["job"])
+    with pytest.raises(SystemExit) as exit_:
+        run(app)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 130 and err.count("\n") == 1 and err.startswith("interrupted: ")

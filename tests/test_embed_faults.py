@@ -56,6 +56,27 @@ def test_killed_driver_resumes_to_the_same_run(reference, ray_local, tmp_path):
 
 
 @pytest.mark.slow
+def test_ctrl_c_exits_130_saying_what_was_kept_and_how_to_resume(ray_local, tmp_path):
+    """Ctrl-C used to exit 0 with no manifest, so `embed && train` went on."""
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(_config(tmp_path / "store", address=ray_local.get_runtime_context().gcs_address)))
+    store = Store(str(tmp_path / "store"))
+    driver = subprocess.Popen([sys.executable, "-m", "jobs.embed", "--config", str(config)], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_parts(store, 1)
+    finally:
+        driver.send_signal(signal.SIGINT)
+        err = driver.communicate(timeout=120)[1]
+    lines = [line for line in err.splitlines() if line.startswith("interrupted:")]
+    assert driver.returncode == 130, err
+    assert len(lines) == 1 and store.full_uri(RUN) in lines[0] and "guidedrec embed --resume" in lines[0], err
+    assert "Traceback" not in err and not store.is_committed(RUN)
+    kept = [p for p in store.list(RUN) if p.endswith(".parquet")]
+    assert kept and f"its {len(kept)} finished part files are kept" in lines[0]
+
+
+@pytest.mark.slow
 def test_killed_actor_is_replaced_and_every_item_embedded_once(reference, tmp_path):
     store = Store(str(tmp_path / "store"))
     cfg = load_config(None, {"storage.uri": str(tmp_path / "store"), "dataset.synthetic_items": 96,

@@ -9,6 +9,7 @@ import pytest
 
 from catalog import item_prompt
 from cluster import Store, load_config
+from cluster.layout import catalog_file, catalog_name
 from jobs.embed import run_embed
 from llm.adapters import parse_adapters
 from llm.embed import commit_run
@@ -207,7 +208,7 @@ def test_bad_catalog_rows_are_quarantined_and_long_text_truncated(ray_local, tmp
                              "dataset.min_interactions": 1})
     summary = run_embed(cfg)
     store = Store(str(tmp_path / "store"))
-    quarantine = store.read_parquet("catalog/shop/quarantine.parquet").to_pylist()
+    quarantine = store.read_parquet(catalog_file(catalog_name(cfg), "quarantine")).to_pylist()
     assert {(q["item_id"], q["reason"].split(":")[0]) for q in quarantine} >= {("empty", "no text"), ("ok", "duplicate item_id")}
     assert any(q["reason"] == "invalid utf-8" for q in quarantine)
     assert summary["rows"] == 2 and summary["quarantined"] == len(quarantine) and summary["truncated"] == 1

@@ -208,17 +208,21 @@ def test_republishing_never_changes_the_files_of_a_loaded_version(tmp_path):
 @pytest.mark.parametrize("method, path, payload, status, message", [
     ("get", "/items/nope/similar", None, 404, "item 'nope' is not in the index"),
     ("get", "/items/item-00001/similar?k=0", None, 422, "greater than or equal to 1"),
-    ("get", f"/items/item-00001/similar?k={MAX_K + 1}", None, 422, f"above this service's max_k={MAX_K}"),
+    ("get", f"/items/item-00001/similar?k={MAX_K + 1}", None, 422, f"less than or equal to {MAX_K}"),
     ("get", "/items/item-00001/similar?k=ten", None, 422, "valid integer"),
     ("post", "/search", {"vector": [0.1] * 4}, 422, "vector has 4 dims, index"),
     ("post", "/search", {"vector": []}, 422, "at least 1 item"),
     ("post", "/search", {"vector": [0.0] * DIMS}, 422, "zero vector has no cosine direction"),
     ("post", "/search", {"vector": [1e39] * DIMS}, 422, "must fit in float32"),
-    ("post", "/search", {"vector": [1.0] * DIMS, "k": 500}, 422, "max_k"),
+    ("post", "/search", {"vector": [1.0] * DIMS, "k": 500}, 422, f"less than or equal to {MAX_K}"),
+    ("post", "/search", {"vector": [1.0] * DIMS, "k": True}, 422, "valid integer"),   # was coerced to k=1
+    ("post", "/search", {"vector": [1.0] * DIMS, "k": "3"}, 422, "valid integer"),
+    ("post", "/search", {"vector": ["1.0"] * DIMS}, 422, "valid number"),
     ("post", "/search", {"k": 3}, 422, "vector"),
     ("post", "/recommend", {"items": []}, 422, "at least 1 item"),
     ("post", "/recommend", {"items": ["item-00001", "ghost"]}, 404, "item 'ghost' is not in the catalog of the SRS model"),
     ("post", "/recommend", {"items": ["item-00001"], "k": -1}, 422, "greater than or equal to 1"),
+    ("post", "/recommend", {"items": ["item-00001"], "exclude_seen": "no"}, 422, "valid boolean"),
 ])
 def test_bad_requests_are_4xx_naming_the_problem(client, method, path, payload, status, message):
     response = client.request(method.upper(), path, json=payload)
@@ -230,6 +234,49 @@ def test_non_finite_vector_is_rejected(client):
     response = client.post("/search", content=b'{"vector": [NaN, 1.0], "k": 2}',
                            headers={"content-type": "application/json"})
     assert response.status_code == 422 and "finite" in response.text
+
+
+@pytest.mark.parametrize("tiny, huge", [(1e-45, 3e38), (1e-30, 1e30)])
+def test_cosine_search_ranks_extreme_vectors_by_direction(client, tiny, huge):
+    """float32 squares of these underflow (a subnormal query kept its length) or overflow (scores 0.0):
+    the query is normalised in float64, so only its direction counts."""
+    def top(value: float) -> list[tuple[str, float]]:
+        items = client.post("/search", json={"vector": [value] * DIMS, "k": 10}).json()["items"]
+        return [(r["item_id"], r["score"]) for r in items]
+
+    reference = top(0.1)
+    assert reference[0][1] > 0.1
+    for value in (tiny, huge):
+        found = top(value)
+        assert [i for i, _ in found] == [i for i, _ in reference]
+        np.testing.assert_allclose([s for _, s in found], [s for _, s in reference], rtol=1e-5)
+
+
+def test_openapi_states_every_error_and_the_k_limit(world):
+    app = create_app(world.store, ServeConfig(max_k=MAX_K, token="t"))
+    paths = TestClient(app).get("/openapi.json").json()["paths"]
+    for path, method, codes in [("/search", "post", {"400", "401", "413", "422", "503"}),
+                                ("/recommend", "post", {"404", "409", "422"}),
+                                ("/items/{item_id}/similar", "get", {"401", "404", "422"})]:
+        responses = paths[path][method]["responses"]
+        assert codes <= set(responses), (path, sorted(responses))
+        assert responses["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
+    similar_k = next(p for p in paths["/items/{item_id}/similar"]["get"]["parameters"] if p["name"] == "k")
+    assert similar_k["schema"]["maximum"] == MAX_K
+    open_paths = TestClient(create_app(world.store, ServeConfig())).get("/openapi.json").json()["paths"]
+    assert "401" not in open_paths["/search"]["post"]["responses"]
+
+
+def test_body_size_is_limited(client):
+    from index.service import MAX_BODY_BYTES
+
+    big = b'{"vector": [' + b"0.1, " * (MAX_BODY_BYTES // 5) + b'0.1], "k": 1}'
+    declared = client.post("/search", content=big, headers={"content-type": "application/json"})
+    assert declared.status_code == 413 and f"larger than {MAX_BODY_BYTES} bytes" in declared.text
+    streamed = client.post("/search", content=iter([big[:MAX_BODY_BYTES], big[MAX_BODY_BYTES:]]),
+                           headers={"content-type": "application/json"})   # chunked: no Content-Length
+    assert streamed.status_code == 413
+    assert client.post("/search", json={"vector": [0.1] * DIMS, "k": 1}).status_code == 200
 
 
 # -- readiness, model pick-up, auth --------------------------------------------------------
@@ -274,6 +321,33 @@ def test_bearer_token(world, monkeypatch):
     assert env_client.get(url, headers={"Authorization": "Bearer from-env"}).status_code == 200
 
 
+def test_token_is_checked_before_the_body_is_read(world):
+    client = TestClient(create_app(world.store, ServeConfig(token="s3cret")))
+    for body in (b"{not json", b'{"vector": [1.0], "k": true}', b"x" * 100):
+        response = client.post("/search", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 401, response.text   # was 422: the body was parsed first
+    assert client.get("/nowhere").status_code == 401   # unknown paths reveal nothing either
+
+
+def test_empty_token_is_a_startup_error(world, monkeypatch):
+    monkeypatch.setenv("GUIDEDREC_TOKEN", "")
+    with pytest.raises(ValueError, match="GUIDEDREC_TOKEN is set but empty: set a non-empty token or remove it"):
+        create_app(world.store, ServeConfig())
+
+
+def test_healthz_shows_storage_paths_only_with_the_token(world, tmp_path):
+    client = TestClient(create_app(world.store, ServeConfig(token="s3cret")))
+    anonymous = client.get("/healthz")
+    assert anonymous.status_code == 200 and anonymous.json()["version"] == world.version
+    assert world.store.root not in anonymous.text and anonymous.json()["model"] is None
+    authorized = client.get("/healthz", headers={"Authorization": "Bearer s3cret"}).json()
+    assert world.store.root in authorized["model"]
+
+    empty = Store(str(tmp_path / "empty"))
+    waiting = TestClient(create_app(empty, ServeConfig(token="s3cret"))).get("/healthz")
+    assert waiting.status_code == 503 and waiting.json()["status"] == "no index" and empty.root not in waiting.text
+
+
 def test_s3_store(s3_store):
     ids = write_run(s3_store, RUN, clustered_vectors(60, 8, clusters=3))
     version = build_from_run(s3_store, RUN, IndexConfig(factory="HNSW16"))
@@ -302,7 +376,7 @@ def test_serve_command_hands_the_configured_app_to_uvicorn(world, tmp_path, monk
     assert result.exit_code == 0, result.output
     assert (ran["host"], ran["port"]) == ("127.0.0.1", 1234)
     too_many = TestClient(ran["app"]).get(f"/items/{world.ids[0]}/similar", params={"k": 8})
-    assert too_many.status_code == 422 and "max_k=7" in too_many.text
+    assert too_many.status_code == 422 and "less than or equal to 7" in too_many.text
 
 
 # -- hot swap under load, over real HTTP ---------------------------------------------------
