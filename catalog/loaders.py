@@ -16,7 +16,8 @@ _PUBLIC: dict[str, Callable[[Path, int], Catalog]] = {
     "amazon-beauty": load_beauty,
     "amazon-scientific-mini": load_scientific,
 }
-KNOWN_DATASETS = ("synthetic", *_PUBLIC)
+PUBLIC_DATASETS = tuple(_PUBLIC)
+KNOWN_DATASETS = ("synthetic", *PUBLIC_DATASETS)
 
 
 def load_catalog(cfg: DatasetConfig) -> Catalog:

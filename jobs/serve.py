@@ -17,9 +17,9 @@ import uvicorn
 from fastapi import FastAPI
 from ray import serve
 
-from cluster import Config, init_ray, load_config, store_from_config
+from cluster import Config, init_ray, store_from_config
 from index import create_app
-from jobs.runner import VERBOSE
+from jobs.runner import VERBOSE, job_config
 
 REPLICA_CPUS = 1.0   # Ray then sets OMP_NUM_THREADS=1 in the replica: one thread per request, as below
 
@@ -41,8 +41,7 @@ def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built
          verbose: bool = VERBOSE) -> None:
     """Serve the CURRENT index (and its SRS model) over HTTP until interrupted."""
     overrides = {key: value for key, value in {"serve.host": host, "serve.port": port}.items() if value is not None}
-    cfg = load_config(config, overrides)
-    cfg.ray.verbose |= verbose
+    cfg = job_config(config, verbose, overrides)
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
     if ray_serve:
         init_ray(cfg.ray)
