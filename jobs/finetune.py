@@ -1,7 +1,7 @@
 """Fine-tuning job: train a LoRA adapter with one objective and publish it as a peft directory.
 
     python -m jobs.finetune --objective scft --dataset amazon-beauty --max-steps 200 --out ./store/adapters/scft
-    ray job submit --working-dir . -- python -m jobs.finetune --objective ger --out s3://bucket/adapters/ger
+    ray job submit --working-dir . -- python -m jobs.finetune --config cluster.yaml --objective ger --out s3://bucket/adapters/ger
 
 Objectives: scft (LLMEmb's contrastive fine-tuning), ger (GER's attribute scorer), tslrec
 (TSLRec's user-level SFT; also writes the knowledge embeddings run). The adapter at --out loads
