@@ -1,7 +1,7 @@
 """Embedding job: catalog items -> LLM mean-pooled embeddings, as a committed Parquet run.
 
     python -m jobs.embed --config ray_config.yaml
-    ray job submit --working-dir . -- python -m jobs.embed --config cluster.yaml   # absolute storage: README "On a cluster"
+    ray job submit --working-dir . -- python -m jobs.embed --config cluster.yaml   # README: "On a cluster"
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 reading them, where the outputs are).
 
     guidedrec pipeline --config ray_config.yaml
-    ray job submit --working-dir . -- python -m jobs.pipeline --config cluster.yaml   # absolute storage: README "On a cluster"
+    ray job submit --working-dir . -- python -m jobs.pipeline --config cluster.yaml   # README: "On a cluster"
 """
 from __future__ import annotations
 

@@ -71,7 +71,8 @@ def test_a_local_store_on_several_nodes_is_refused_unless_shared(uri, shared, no
         return
     with pytest.raises(ConfigError) as err:
         check_shared_storage(storage, nodes)
-    assert f"has {nodes} nodes" in str(err.value) and "s3://" in str(err.value) and "storage.shared: true" in str(err.value)
+    message = str(err.value)
+    assert f"has {nodes} nodes" in message and "s3://" in message and "storage.shared: true" in message
 
 
 def test_a_job_joining_a_one_node_cluster_may_write_locally(ray_local, tmp_path):
