@@ -18,6 +18,7 @@ _PUBLIC: dict[str, Callable[[Path, int], Catalog]] = {
     "amazon-scientific-mini": load_scientific,
 }
 KNOWN_DATASETS = NAMED_DATASETS   # "synthetic" and _PUBLIC
+PUBLIC_DATASETS = tuple(_PUBLIC)
 
 
 def load_catalog(cfg: DatasetConfig) -> Catalog:

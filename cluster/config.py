@@ -54,6 +54,8 @@ def check_storage_uri(uri: str) -> str:
 
 class StorageConfig(_Section):
     uri: str = Field("./store", description="Root of all outputs: a local path or s3://bucket/prefix.")
+    shared: bool = Field(False, description="The local uri is a filesystem every Ray node mounts at that path "
+                         "(NFS, EFS, ...); without it a cluster of several nodes needs s3://.")
     s3: S3Config = S3Config()
 
     _uri = field_validator("uri")(check_storage_uri)

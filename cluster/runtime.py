@@ -6,7 +6,11 @@ import os
 
 import ray
 
-from cluster.config import RayConfig
+from cluster.config import ConfigError, RayConfig, StorageConfig
+
+# Set by Ray's job supervisor in the environment of a submitted job's entrypoint (its runtime env and metadata,
+# as JSON: ray/dashboard/modules/job/job_supervisor.py). RAY_JOB_ID is no sign: the supervisor strips it.
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -16,7 +20,7 @@ def init_ray(cfg: RayConfig) -> None:
     log_to_driver = cfg.verbose if cfg.log_to_driver is None else cfg.log_to_driver
     if not cfg.verbose:
         _quiet_ray_data()
-    if cfg.address == "local" and not os.environ.get("RAY_ADDRESS"):
+    if not joins_cluster(cfg):
         # address="local" ignores a stray RAY_ADDRESS, which made a plain ray.init() hang here. The dashboard
         # serves the State API, which Ray Train's placement-group cleaner polls every second (a warning each
         # time it cannot); it listens on loopback only.
@@ -33,6 +37,28 @@ def init_ray(cfg: RayConfig) -> None:
         # Inside `ray job submit` RAY_ADDRESS points at the cluster; otherwise use the configured one.
         address = os.environ.get("RAY_ADDRESS") or cfg.address
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
+
+
+def joins_cluster(cfg: RayConfig) -> bool:
+    """Whether init_ray joins a running cluster (of any size) rather than starting the embedded, one-node Ray."""
+    return cfg.address != "local" or bool(os.environ.get("RAY_ADDRESS"))
+
+
+def under_ray_job() -> bool:
+    """This process is the entrypoint of `ray job submit`, running in a temporary copy of its --working-dir."""
+    return RAY_JOB_ENV in os.environ
+
+
+def alive_nodes() -> int:
+    return sum(node["Alive"] for node in ray.nodes())
+
+
+def check_shared_storage(storage: StorageConfig, nodes: int) -> None:
+    """Refuse a local store on a cluster of several nodes: each node would write its parts onto its own disk."""
+    if nodes > 1 and not storage.shared and not storage.uri.startswith("s3://"):
+        raise ConfigError(f"storage.uri {storage.uri!r} is a local path, but this Ray cluster has {nodes} nodes, each "
+                          "of which would write its parts onto its own disk: use s3://bucket/prefix, or a filesystem "
+                          "every node mounts at that path and say so with storage.shared: true")
 
 
 def _quiet_ray_data() -> None:

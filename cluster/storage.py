@@ -1,4 +1,5 @@
 """Every output location is a URI read through pyarrow.fs: a local path or s3://bucket/prefix.
+A local one is made absolute, so every URI a job prints or records names the same place wherever it is read.
 
 A dataset directory (an embeddings run, an index version) is committed by writing its
 `_manifest.json` last; readers trust only directories that have one. Local writes go to a
@@ -54,6 +55,7 @@ class Store:
         else:
             self.fs = pafs.LocalFileSystem()
             self.root = str(Path(self.uri.removeprefix("file://")).expanduser().resolve())
+            self.uri = self.root   # what jobs print and manifests record: the place itself, from any directory
             self.is_local = True
 
     # -- paths -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Embedding job: catalog items -> LLM mean-pooled embeddings, as a committed Parquet run.
 
     python -m jobs.embed --config ray_config.yaml
-    ray job submit --working-dir . -- python -m jobs.embed --config ray_config.yaml
+    ray job submit --working-dir . -- python -m jobs.embed --config cluster.yaml   # README: "On a cluster"
 """
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import typer
 
-from cluster import Config, Store, load_config, store_from_config
+from cluster import Config, Store, store_from_config
 from cluster.layout import run_dir, run_name
-from jobs.runner import DATASET_HELP, VERBOSE, Interrupted
+from jobs.runner import DATASET_HELP, VERBOSE, Interrupted, job_config
 from llm.adapters import parse_adapters
 from llm.embed import embed_catalog
 
@@ -46,8 +46,7 @@ def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built
          overwrite: bool = typer.Option(False, help="Re-embed even if the run is committed"),
          verbose: bool = VERBOSE) -> None:
     """Embed every catalog item with the configured LLM and commit the run to storage."""
-    cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
-    cfg.ray.verbose |= verbose
+    cfg = job_config(config, verbose, {"dataset.name": dataset} if dataset else None)
     run_embed(cfg, overwrite=overwrite, adapters=parse_adapters(adapter), resume=resume, attributes=attributes)
 
 

@@ -1,7 +1,7 @@
 """Fine-tuning job: train a LoRA adapter with one objective and publish it as a peft directory.
 
     python -m jobs.finetune --objective scft --dataset amazon-beauty --max-steps 200 --out ./store/adapters/scft
-    ray job submit --working-dir . -- python -m jobs.finetune --objective ger --out s3://bucket/adapters/ger
+    ray job submit --working-dir . -- python -m jobs.finetune --config cluster.yaml --objective ger --out s3://bucket/adapters/ger
 
 Objectives: scft (LLMEmb's contrastive fine-tuning), ger (GER's attribute scorer), tslrec
 (TSLRec's user-level SFT; also writes the knowledge embeddings run). The adapter at --out loads
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import typer
 
-from cluster import load_config, store_from_config
+from cluster import store_from_config
 from cluster.layout import adapter_dir
-from jobs.runner import DATASET_HELP, VERBOSE, run_job
+from jobs.runner import DATASET_HELP, VERBOSE, job_config, run_job
 
 
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
@@ -30,8 +30,7 @@ def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built
     """Fine-tune the configured LLM with LoRA and publish the adapter, loss curve and summary."""
     from finetune import finetune
 
-    cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
-    cfg.ray.verbose |= verbose
+    cfg = job_config(config, verbose, {"dataset.name": dataset} if dataset else None, out=out)
     out = out or store_from_config(cfg).full_uri(adapter_dir(cfg, objective))
     finetune(cfg, objective, out, max_steps=max_steps, resume=resume, overwrite=overwrite)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import typer
 
-from cluster import Config, Store, load_config, store_from_config
+from cluster import Config, Store, store_from_config
 from cluster.layout import INDEX, live_run
 from index import build_from_run, prune_versions, version_manifest
-from jobs.runner import DATASET_HELP, VERBOSE
+from jobs.runner import DATASET_HELP, VERBOSE, job_config
 
 
 def run_index(cfg: Config, store: Store | None = None) -> str:
@@ -37,8 +37,7 @@ def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built
          keep: int = typer.Option(3, min=0, help="With --prune: how many of the newest versions to keep"),
          verbose: bool = VERBOSE) -> None:
     """Build the nearest-item index over the embeddings run (or, with --prune, delete old versions)."""
-    cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
-    cfg.ray.verbose |= verbose
+    cfg = job_config(config, verbose, {"dataset.name": dataset} if dataset else None)
     if prune:
         run_prune(cfg, keep)
     else:

@@ -7,8 +7,8 @@ import typer
 
 from catalog import Catalog
 from catalog.publish import publish_catalog
-from cluster import Config, Store, load_config, store_from_config
-from jobs.runner import DATASET_HELP, VERBOSE
+from cluster import Config, Store, store_from_config
+from jobs.runner import DATASET_HELP, VERBOSE, job_config
 
 
 def run_ingest(cfg: Config, store: Store) -> tuple[str, Catalog]:
@@ -22,8 +22,7 @@ def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built
          dataset: str = typer.Option(None, help=DATASET_HELP),
          verbose: bool = VERBOSE) -> None:
     """Load and validate the catalog and publish it to storage."""
-    cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
-    cfg.ray.verbose |= verbose
+    cfg = job_config(config, verbose, {"dataset.name": dataset} if dataset else None)
     run_ingest(cfg, store_from_config(cfg))
 
 

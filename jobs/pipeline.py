@@ -2,7 +2,7 @@
 reading them, where the outputs are).
 
     guidedrec pipeline --config ray_config.yaml
-    ray job submit --working-dir . -- python -m jobs.pipeline --config ray_config.yaml
+    ray job submit --working-dir . -- python -m jobs.pipeline --config cluster.yaml   # README: "On a cluster"
 """
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import typer
 
-from cluster import Config, init_ray, load_config, store_from_config
+from cluster import Config, init_ray, store_from_config
 from cluster.layout import INDEX, model_dir, report_file
 from index import similar_items
 from jobs.embed import run_embed
 from jobs.index import run_index
 from jobs.ingest import run_ingest
 from jobs.query import format_neighbours
-from jobs.runner import DATASET_HELP, VERBOSE
+from jobs.runner import DATASET_HELP, VERBOSE, job_config
 from jobs.train import format_table, run_train
 from srs.catalog_training import wants_attributes
 
@@ -98,8 +98,7 @@ def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built
          dataset: str = typer.Option(None, help=DATASET_HELP),
          verbose: bool = VERBOSE) -> None:
     """Run the whole pipeline on the configured catalog."""
-    cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
-    cfg.ray.verbose |= verbose
+    cfg = job_config(config, verbose, {"dataset.name": dataset} if dataset else None)
     run_pipeline(cfg)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import typer
 
-from cluster import load_config, store_from_config
+from cluster import store_from_config
 from index import Neighbour, similar_items
-from jobs.runner import DATASET_HELP, VERBOSE
+from jobs.runner import DATASET_HELP, VERBOSE, job_config
 
 
 def format_neighbours(item_id: str, found: list[Neighbour], title: str | None = None) -> str:
@@ -25,8 +25,7 @@ def main(item: str = typer.Option(..., help="A catalog item id"),
          dataset: str = typer.Option(None, help=DATASET_HELP),
          verbose: bool = VERBOSE) -> None:
     """Print the k nearest items of ITEM with scores and titles."""
-    cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
-    cfg.ray.verbose |= verbose
+    cfg = job_config(config, verbose, {"dataset.name": dataset} if dataset else None)
     if k <= 0:
         raise typer.BadParameter("k must be at least 1", param_hint="-k")
     print(format_neighbours(item, similar_items(store_from_config(cfg), item, k)))

@@ -3,12 +3,17 @@
 line saying what was kept and exits 130, so `embed && train` stops there."""
 from __future__ import annotations
 
+import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import typer
 
-from cluster import ConfigError, StorageError
+from catalog.loaders import PUBLIC_DATASETS
+from cluster import Config, ConfigError, StorageError, load_config
+from cluster.runtime import alive_nodes, check_shared_storage, init_ray, joins_cluster, under_ray_job
 
 DATASET_HELP = ("Catalog to use (overrides dataset.name): synthetic, ml-100k, amazon-beauty or amazon-scientific-mini "
                 "(read from $DATA_ROOT), or a directory of items + interactions files (README: 'Your own catalog')")
@@ -21,6 +26,42 @@ VERBOSE = typer.Option(False, "--verbose", help="Also show Ray's own output: wor
 
 class Interrupted(Exception):
     """Ctrl-C, as a job that kept resumable work reports it: the message says what it kept and how to go on."""
+
+
+def job_config(config: Path | None, verbose: bool, overrides: dict | None = None, out: str | None = None) -> Config:
+    """Every job's start: its config with the command line's overrides, refused here rather than halfway through
+    when its storage (or `out`, a job's own output URI) or data would be out of reach of where it runs."""
+    cfg = load_config(config, overrides)
+    cfg.ray.verbose |= verbose
+    if under_ray_job() and (paths := relative_paths(cfg, out)):
+        raise ConfigError("under `ray job submit` the job runs in a temporary copy of its --working-dir, which Ray "
+                          "deletes, so these relative paths would not outlive it or hold the data: "
+                          + "; ".join(paths))
+    if joins_cluster(cfg.ray):
+        init_ray(cfg.ray)
+        check_shared_storage(cfg.storage, alive_nodes())
+    return cfg
+
+
+def relative_paths(cfg: Config, out: str | None = None) -> list[str]:
+    """The storage and data paths of `cfg` (and `out`) that name nothing outside the job's working dir, each
+    with what to pass instead."""
+    found = [f"{name} {uri!r}: pass an absolute path or s3://bucket/prefix"
+             for name, uri in (("storage.uri", cfg.storage.uri), ("--out", out)) if uri and _relative(uri)]
+    if cfg.dataset.name in PUBLIC_DATASETS:
+        root = cfg.dataset.data_root or os.environ.get("DATA_ROOT")
+        if not root or _relative(root):
+            env = json.dumps({"env_vars": {"DATA_ROOT": "/abs/path/to/data"}})
+            found.append(f"the data root ({repr(root) if root else 'DATA_ROOT unset: ../shared/data'}): set "
+                         f"dataset.data_root to an absolute path, or pass --runtime-env-json '{env}'")
+    elif cfg.dataset.name != "synthetic" and _relative(cfg.dataset.name):
+        found.append(f"dataset {cfg.dataset.name!r}: pass the catalog directory's absolute path")
+    return found
+
+
+def _relative(path: str) -> bool:
+    """A local path (not s3://) that is not absolute."""
+    return not path.startswith("s3://") and not Path(path.removeprefix("file://")).expanduser().is_absolute()
 
 
 def run(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
     guidedrec serve --config ray_config.yaml                 # uvicorn, this process
     guidedrec serve --config ray_config.yaml --ray-serve     # a Ray Serve deployment (cluster)
+    serve run jobs.serve:app_builder config=ray_config.yaml  # a Serve config file's import_path (RayService)
 
 OpenAPI at /openapi.json (docs at /docs). The app follows CURRENT in storage: a new index
 version or a newly trained model is picked up within serve.poll_seconds, no restart needed.
@@ -18,10 +19,12 @@ from fastapi import FastAPI
 from ray import serve
 
 from cluster import Config, init_ray, load_config, store_from_config
+from cluster.runtime import alive_nodes, check_shared_storage
 from index import create_app
-from jobs.runner import VERBOSE
+from jobs.runner import VERBOSE, job_config
 
 REPLICA_CPUS = 1.0   # Ray then sets OMP_NUM_THREADS=1 in the replica: one thread per request, as below
+DEPLOYMENT = "guidedrec"   # the name a Serve config (cluster/deploy/rayservice.yaml) sets its autoscaling by
 
 
 def ray_serve_app(cfg: Config) -> serve.Application:
@@ -29,9 +32,17 @@ def ray_serve_app(cfg: Config) -> serve.Application:
     def build() -> FastAPI:
         return create_app(store_from_config(cfg), cfg.serve)
 
-    deployment = serve.deployment(serve.ingress(build)(), name="guidedrec",
+    deployment = serve.deployment(serve.ingress(build)(), name=DEPLOYMENT,
                                   ray_actor_options={"num_cpus": REPLICA_CPUS})
     return deployment.bind()
+
+
+def app_builder(args: dict) -> serve.Application:
+    """The application a Serve config names (a RayService's serveConfigV2): args["config"] is the
+    ray_config.yaml to serve. Its replicas may land on any node, so the store must be one they all reach."""
+    cfg = load_config(args.get("config"))
+    check_shared_storage(cfg.storage, alive_nodes())
+    return ray_serve_app(cfg)
 
 
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
@@ -41,8 +52,7 @@ def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built
          verbose: bool = VERBOSE) -> None:
     """Serve the CURRENT index (and its SRS model) over HTTP until interrupted."""
     overrides = {key: value for key, value in {"serve.host": host, "serve.port": port}.items() if value is not None}
-    cfg = load_config(config, overrides)
-    cfg.ray.verbose |= verbose
+    cfg = job_config(config, verbose, overrides)
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
     if ray_serve:
         init_ray(cfg.ray)

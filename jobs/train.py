@@ -12,8 +12,8 @@ from pathlib import Path
 
 import typer
 
-from cluster import Config, Store, load_config, store_from_config
-from jobs.runner import DATASET_HELP, VERBOSE
+from cluster import Config, Store, store_from_config
+from jobs.runner import DATASET_HELP, VERBOSE, job_config
 from srs.catalog_training import train_catalog
 
 REPORT_METRICS = ["HR@10", "NDCG@10", "MRR", "tail/HR@10"]
@@ -39,8 +39,7 @@ def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built
          dataset: str = typer.Option(None, help=DATASET_HELP),
          verbose: bool = VERBOSE) -> None:
     """Train the sequential recommender per embedding source and print HR@10 / NDCG@10 / MRR / tail HR@10."""
-    cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
-    cfg.ray.verbose |= verbose
+    cfg = job_config(config, verbose, {"dataset.name": dataset} if dataset else None)
     print(format_table(run_train(cfg)), flush=True)
 
 

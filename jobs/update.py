@@ -11,9 +11,9 @@ from pathlib import Path
 import typer
 
 from catalog.changes import read_deletions
-from cluster import Config, Store, load_config, store_from_config
+from cluster import Config, Store, store_from_config
 from index.update import update_catalog
-from jobs.runner import VERBOSE
+from jobs.runner import VERBOSE, job_config
 
 
 def run_update(cfg: Config, catalog: Path | None, store: Store | None = None, delta: bool = False,
@@ -41,8 +41,7 @@ def main(catalog: Path = typer.Option(None, help="The new catalog: an items file
     """Re-embed only new and changed items, copy the rest, and publish a new index version."""
     if delete is not None and not delta:
         raise ValueError("--delete needs --delta (without it, items missing from --catalog are deleted)")
-    cfg = load_config(config)
-    cfg.ray.verbose |= verbose
+    cfg = job_config(config, verbose)
     run_update(cfg, catalog, delta=delta, deleted=read_deletions(delete))
 
 

@@ -126,3 +126,18 @@ def test_file_uri_is_local(tmp_path):
     store = Store(f"file://{tmp_path}/s")
     store.write_bytes("x.bin", b"1")
     assert store.is_local and (tmp_path / "s" / "x.bin").read_bytes() == b"1"
+
+
+def test_a_job_prints_and_records_the_absolute_uri_of_a_relative_store(tmp_path, monkeypatch, capsys):
+    """`storage.uri: ./store` names <cwd>/store in what the ingest job prints and in every URI the store
+    hands out (manifests record those), not './store', which means another place from another directory."""
+    from cluster import load_config
+    from jobs.ingest import run_ingest
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, {"dataset.synthetic_items": 30, "dataset.synthetic_users": 40})
+    store = Store(cfg.storage.uri)
+    assert cfg.storage.uri == "./store" and store.full_uri("embeddings/r") == f"{tmp_path}/store/embeddings/r"
+    assert Store(f"file://{tmp_path}/s").full_uri() == f"{tmp_path}/s"
+    run_ingest(cfg, store)
+    assert f"-> {tmp_path}/store/catalog/synthetic" in capsys.readouterr().out
