@@ -69,6 +69,11 @@ class ItemEmbedding(nn.Module):
         """Once the best weights are back: what a source learns from its trained table ([n_items] bool
         `known`: the items training saw; the others are cold)."""
 
+    def text_map_stage(self, dropout: float) -> list[nn.Parameter]:
+        """Turn text dropout on (> 0: returns the parameters that map text to rows, to be trained over
+        the frozen model) or off (0). Sources without such a map have nothing to train."""
+        return []
+
     def aux_loss(self, items: torch.Tensor) -> torch.Tensor | None:
         """An extra training term over the item indices of a batch (0 = padding), or None."""
         return None
@@ -155,11 +160,20 @@ class IDEmbedding(ItemEmbedding):
             rows = torch.where(dropped, with_padding_row(self._from_text(self.text)), rows)
         return rows
 
+    def text_map_stage(self, dropout: float) -> list[nn.Parameter]:
+        if self.pca is None:
+            return []
+        self.text_dropout = dropout
+        if dropout == 0:
+            return []
+        self.text_map.requires_grad_(True)
+        return [self.text_map]
+
     @torch.no_grad()
     def after_training(self, known: torch.Tensor) -> None:
         if self.pca is None:
             return
-        if self.text_dropout == 0:
+        if not self.text_map.requires_grad:   # never trained: the ridge fit
             x = torch.cat([self.text, self.text.new_ones(len(self.text), 1)], 1).double()
             y = self.weight.weight[1:].double()
             gram = x[known].T @ x[known]
@@ -352,6 +366,9 @@ class DualView(ItemEmbedding):
     def after_training(self, known: torch.Tensor) -> None:
         self.ids.after_training(known)
 
+    def text_map_stage(self, dropout: float) -> list[nn.Parameter]:
+        return self.ids.text_map_stage(dropout)
+
 
 def tslrec_knowledge(llm: np.ndarray, id_table: np.ndarray, cfg: SRSConfig) -> np.ndarray:
     """The stand-in for TSLRec's knowledge embedding until its user-level SFT exists: the LLM
@@ -363,11 +380,16 @@ def tslrec_knowledge(llm: np.ndarray, id_table: np.ndarray, cfg: SRSConfig) -> n
     return np.concatenate([reduced, np.eye(cfg.tslrec_clusters, dtype=np.float32)[labels]], axis=1)
 
 
+def joint_text_dropout(cfg: SRSConfig) -> float:
+    """Text dropout while the model trains; none when the map is trained afterwards (text_map_epochs)."""
+    return cfg.text_dropout if cfg.text_map_epochs == 0 else 0.0
+
+
 def _id(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> IDEmbedding:
     if cfg.id_init == "random":
         return IDEmbedding(n_items, cfg.hidden_size)
     return IDEmbedding(n_items, cfg.hidden_size, inputs.llm, fit_pca(inputs.llm, cfg.hidden_size, inputs.warm),
-                       cfg.text_dropout)
+                       joint_text_dropout(cfg))
 
 
 def _llm_frozen(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:
@@ -381,7 +403,7 @@ def _llmemb(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> LLMEmbAdapter
 
 def _llmesr(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:
     ids = IDEmbedding(n_items, cfg.hidden_size, inputs.llm, fit_pca(inputs.llm, cfg.hidden_size, inputs.warm),
-                      cfg.text_dropout)
+                      joint_text_dropout(cfg))
     semantic = LLMEmbAdapter(inputs.llm, cfg.hidden_size, cfg.pca_dim, warm=inputs.warm)
     return DualView(ids, semantic)
 

@@ -122,9 +122,9 @@ def fit(
     rows = DistributedSampler(dataset, num_replicas=worker.world_size, rank=rank, seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=rows)
     negatives = torch.Generator(device=device).manual_seed(cfg.seed + rank)
-    known = torch.arange(1, data.n_items + 1, device=device)
+    known_items = torch.arange(1, data.n_items + 1, device=device)
     if data.cold is not None:   # items training never sees: no negatives, no softmax candidates
-        known = known[~torch.from_numpy(data.cold[1:]).to(device)]
+        known_items = known_items[~torch.from_numpy(data.cold[1:]).to(device)]
         net.unseen = torch.from_numpy(np.flatnonzero(data.cold)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     tail = tail_items(data.train_seen, data.n_items)
@@ -149,7 +149,7 @@ def fit(
         total, steps = 0.0, 0
         for inputs, targets in loader:
             inputs, targets = inputs.to(device), targets.to(device)
-            neg = sample_negatives(inputs, targets, known, negatives) if net.needs_negatives else None
+            neg = sample_negatives(inputs, targets, known_items, negatives) if net.needs_negatives else None
             loss = model(TrainBatch(inputs, targets, neg))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -178,6 +178,8 @@ def fit(
     if rank != 0:
         return None
     net.load_state_dict(s.best_model)
+    if cfg.text_map_epochs:
+        fit_text_map(net, loader, cfg, known_items, negatives, worker)
     known = np.ones(data.n_items, dtype=bool) if data.warm is None else data.warm
     net.items.after_training(torch.from_numpy(known).to(device))
     s.best_model = _weights(net)   # what is published: with what the source learned after training
@@ -185,6 +187,36 @@ def fit(
     with torch.no_grad():
         items = net.items.table()[1:].detach().cpu().clone()   # a view of the ID table would still require grad
     return Fitted(s, test, items, resumed_from)
+
+
+def fit_text_map(net: SeqRecommender, loader: DataLoader, cfg: SRSConfig, known_items: torch.Tensor,
+                 negatives: torch.Generator, worker: Worker) -> None:
+    """Train only the source's text -> row map over the trained, frozen model, with text dropout
+    (srs.text_map_epochs): the map learns rows that compete in the trained model's score space,
+    while the warm items' rows and the backbone stay exactly as trained."""
+    params = net.items.text_map_stage(cfg.text_dropout)
+    if not params:
+        return
+    frozen = [p for p in net.parameters() if p.requires_grad and all(p is not q for q in params)]
+    for p in frozen:
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    net.train()
+    for epoch in range(1, cfg.text_map_epochs + 1):
+        loader.sampler.set_epoch(cfg.epochs + epoch)
+        total, steps = 0.0, 0
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(worker.device), targets.to(worker.device)
+            neg = sample_negatives(inputs, targets, known_items, negatives) if net.needs_negatives else None
+            loss = net(TrainBatch(inputs, targets, neg))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+        log.info("[srs %s] text map epoch %d loss %.4f", worker.label, epoch, total / max(steps, 1))
+    for p in frozen:
+        p.requires_grad_(True)
+    net.items.text_map_stage(0.0)
 
 
 def _weights(net: torch.nn.Module) -> dict[str, torch.Tensor]:
