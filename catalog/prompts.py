@@ -1,4 +1,5 @@
-"""Item text -> LLM prompt (the LLMEmb attribute template) and a content hash of exactly that text.
+"""Item text -> LLM prompt (the LLMEmb attribute template) and a content hash of exactly that text;
+a user's recent items -> one text (GER's profile prompt, scored by fine-tuning and by `embed --users`).
 
 Items are stored, prompted and hashed through the same `clean_text`, so two items with the same
 hash always get the same prompt, and an embedding cache keyed by the hash stays valid across runs.
@@ -61,3 +62,12 @@ def content_hash(item: dict[str, Any]) -> str:
     embeddings) unless the id is all the prompt has."""
     payload = json.dumps(_attributes(item), separators=(",", ":"))
     return hashlib.sha256(payload.encode("ascii")).hexdigest()
+
+
+def history_text(rows: list[dict], domain: str) -> str:
+    """A user's recent items as one text (each item's first attribute, usually its title), oldest first."""
+    names = []
+    for row in rows:
+        texts = [clean_text(v) for k, v in row.items() if k not in RESERVED_COLUMNS]
+        names.append(next((t for t in texts if t), row["item_id"]))
+    return f"A {domain} customer's recent items, oldest first: " + "; ".join(names) + "."
