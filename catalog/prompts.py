@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from catalog.filtering import user_sequences
 from catalog.schemas import RESERVED_COLUMNS
 
 
@@ -71,3 +72,19 @@ def history_text(rows: list[dict], domain: str) -> str:
         texts = [clean_text(v) for k, v in row.items() if k not in RESERVED_COLUMNS]
         names.append(next((t for t in texts if t), row["item_id"]))
     return f"A {domain} customer's recent items, oldest first: " + "; ".join(names) + "."
+
+
+def profile_prompts(items: pa.Table, interactions: pa.Table, domain: str, history: int) -> pa.Table:
+    """One row per user (user_id, prompt, reason): the profile prompt over the user's `history` most recent
+    training items (leave-one-out: the validation and test items never enter it, so explanations of
+    held-out items read no leak), or a null prompt and why there is none."""
+    rows = {r["item_id"]: r for r in items.to_pylist()}
+    users, prompts, reasons = [], [], []
+    for user, seq in sorted(user_sequences(interactions).items()):
+        recent = seq[:-2][-history:]
+        users.append(user)
+        prompts.append(history_text([rows[i] for i in recent], domain) if recent else None)
+        reasons.append(None if recent else f"{len(seq)} interactions: none left for training after the "
+                                           "validation and test items")
+    return pa.table({"user_id": pa.array(users, pa.string()), "prompt": pa.array(prompts, pa.string()),
+                     "reason": pa.array(reasons, pa.string())})
