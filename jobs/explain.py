@@ -11,9 +11,9 @@ from pathlib import Path
 
 import typer
 
-from cluster import load_config, store_from_config
+from cluster import store_from_config
 from index.explain import Explanation, explain_catalog_user, plot
-from jobs.runner import DATASET_HELP, VERBOSE
+from jobs.runner import DATASET_HELP, VERBOSE, job_config
 
 
 def format_explanation(e: Explanation) -> str:
@@ -33,8 +33,7 @@ def main(user: str = typer.Option(..., help="A user id of the catalog's interact
          dataset: str = typer.Option(None, help=DATASET_HELP),
          verbose: bool = VERBOSE) -> None:
     """Print why ITEM suits USER by the GER attribute scores (needs `guidedrec embed --attributes`)."""
-    cfg = load_config(config, {"dataset.name": dataset} if dataset else None)
-    cfg.ray.verbose |= verbose
+    cfg = job_config(config, verbose, {"dataset.name": dataset} if dataset else None)
     if plot_to and importlib.util.find_spec("matplotlib") is None:
         raise typer.BadParameter("drawing needs matplotlib, which is not installed: pip install matplotlib",
                                  param_hint="--plot")
