@@ -96,9 +96,10 @@ def explain(item_id: str, names: list[str], user: np.ndarray, item: np.ndarray, 
             for k, (n, u, i, s) in enumerate(zip(names, user.tolist(), item.tolist(), support.tolist()))]
     order = np.argsort(-support, kind="stable")
 
-    def reasons(picked) -> list[Reason]:
-        return [Reason(name=names[k], support=float(support[k]), sentence=_sentence(names[k], float(user[k]),
-                                                                                  float(item[k]))) for k in picked]
+    def reasons(picked: list[int]) -> list[Reason]:
+        return [Reason(name=names[k], support=float(support[k]),
+                       sentence=_sentence(names[k], float(user[k]), float(item[k]))) for k in picked]
+
     return Explanation(item_id=item_id, profile=profile, attributes=rows,
                        supporting=reasons([k for k in order if support[k] > 0][:TOP]),
                        opposing=reasons([k for k in order[::-1] if support[k] < 0][:TOP]))
