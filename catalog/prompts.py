@@ -1,4 +1,5 @@
-"""Item text -> LLM prompt (the LLMEmb attribute template) and a content hash of exactly that text.
+"""Item text -> LLM prompt (the LLMEmb attribute template) and a content hash of exactly that text;
+a user's recent items -> one text (GER's profile prompt, scored by fine-tuning and by `embed --users`).
 
 Items are stored, prompted and hashed through the same `clean_text`, so two items with the same
 hash always get the same prompt, and an embedding cache keyed by the hash stays valid across runs.
@@ -12,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from catalog.filtering import user_sequences
 from catalog.schemas import RESERVED_COLUMNS
 
 
@@ -61,3 +63,28 @@ def content_hash(item: dict[str, Any]) -> str:
     embeddings) unless the id is all the prompt has."""
     payload = json.dumps(_attributes(item), separators=(",", ":"))
     return hashlib.sha256(payload.encode("ascii")).hexdigest()
+
+
+def history_text(rows: list[dict], domain: str) -> str:
+    """A user's recent items as one text (each item's first attribute, usually its title), oldest first."""
+    names = []
+    for row in rows:
+        texts = [clean_text(v) for k, v in row.items() if k not in RESERVED_COLUMNS]
+        names.append(next((t for t in texts if t), row["item_id"]))
+    return f"A {domain} customer's recent items, oldest first: " + "; ".join(names) + "."
+
+
+def profile_prompts(items: pa.Table, interactions: pa.Table, domain: str, history: int) -> pa.Table:
+    """One row per user (user_id, prompt, reason): the profile prompt over the user's `history` most recent
+    training items (leave-one-out: the validation and test items never enter it, so explanations of
+    held-out items read no leak), or a null prompt and why there is none."""
+    rows = {r["item_id"]: r for r in items.to_pylist()}
+    users, prompts, reasons = [], [], []
+    for user, seq in sorted(user_sequences(interactions).items()):
+        recent = seq[:-2][-history:]
+        users.append(user)
+        prompts.append(history_text([rows[i] for i in recent], domain) if recent else None)
+        reasons.append(None if recent else f"{len(seq)} interactions: none left for training after the "
+                                           "validation and test items")
+    return pa.table({"user_id": pa.array(users, pa.string()), "prompt": pa.array(prompts, pa.string()),
+                     "reason": pa.array(reasons, pa.string())})

@@ -4,7 +4,7 @@ Under a store's root (local path or s3://bucket/prefix):
 
     catalog/<name>/                       items, interactions, quarantine (item rows) and dropped
                                           (interaction rows) Parquet files
-    embeddings/<run>/                     part-*.parquet files of one embeddings run
+    embeddings/<run>/                     part-*.parquet files of one embeddings run (<run>-users: user profiles)
     index/<version>/, index/CURRENT       FAISS index versions; CURRENT names the live one
     models/<lineage>/<source>/<version>/  trained SRS models; the source folder's manifest names the live one
     reports/<lineage>/metrics.json        the last training's metrics table
@@ -76,14 +76,26 @@ def catalog_dir(name: str) -> str:
 
 def catalog_file(name: str, kind: str = "items") -> str:
     """catalog/<name>/<kind>.parquet, kind one of items, interactions, quarantine, dropped (or embedded,
-    for updates)."""
+    for updates; profiles, the user profile prompts `embed --attributes --users` scores)."""
     return f"{catalog_dir(name)}/{kind}.parquet"
 
 
 def run_name(cfg: Config, adapters: dict[str, str] | None = None, attributes: bool = False) -> str:
     """embed.run, or <dataset>-<model>-<adapters or base>[-attrs]."""
-    tag = ("+".join(sorted(adapters)) if adapters else "base") + ("-attrs" if attributes else "")
-    return cfg.embed.run or f"{catalog_name(cfg)}-{Path(cfg.model.path).name}-{tag}"
+    if cfg.embed.run:
+        return cfg.embed.run
+    name = f"{catalog_name(cfg)}-{Path(cfg.model.path).name}-{'+'.join(sorted(adapters)) if adapters else 'base'}"
+    return attributes_run(name) if attributes else name
+
+
+def attributes_run(run: str) -> str:
+    """The run of GER attribute scores that `guidedrec embed --attributes` commits beside `run`'s lineage."""
+    return f"{lineage(run)}-attrs"
+
+
+def users_run(scores_run: str) -> str:
+    """The user profiles (attribute scores of each user's profile prompt) scored beside attributes run `scores_run`."""
+    return f"{scores_run}-users"
 
 
 def knowledge_run_name(cfg: Config) -> str:

@@ -27,9 +27,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from catalog import item_prompt, user_sequences
-from catalog.prompts import clean_text
-from catalog.schemas import RESERVED_COLUMNS
+from catalog import history_text, item_prompt, user_sequences
 from cluster.config import Config, ModelConfig
 from llm.attributes import (SCALE, answer_probs, answer_tokens, attributes_for, most_likely_scores, request_ids,
                              score_request, value_tokens)
@@ -38,15 +36,6 @@ from finetune.lora import backbone
 from finetune.recipe import Batch, Job, Objective
 
 TEACHER_CACHE = "ger_teacher.parquet"
-
-
-def history_text(rows: list[dict], domain: str) -> str:
-    """A user's recent items as one text (each item's first attribute, usually its title), oldest first."""
-    names = []
-    for row in rows:
-        texts = [clean_text(v) for k, v in row.items() if k not in RESERVED_COLUMNS]
-        names.append(next((t for t in texts if t), row["item_id"]))
-    return f"A {domain} customer's recent items, oldest first: " + "; ".join(names) + "."
 
 
 class TeacherScorer:

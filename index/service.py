@@ -1,4 +1,5 @@
-"""The query service: one FastAPI app over the CURRENT index version and its run's SRS model.
+"""The query service: one FastAPI app over the CURRENT index version and its run's SRS model (and
+its attribute scores, which explain items: index.explain).
 
 The same app runs under uvicorn or as a Ray Serve deployment (jobs/serve.py). Everything a
 request reads sits in one immutable `Snapshot`; a background thread polls storage and, when
@@ -6,6 +7,7 @@ CURRENT (or the published model) changes, loads the new one beside the old and s
 reference. A request takes the reference once, so it never mixes two versions and requests in
 flight during a swap finish on the version they started with.
 """
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cluster.config import ServeConfig
 from cluster.layout import NoIndexError, current_version
 from cluster.storage import StorageError, Store
+from index.explain import Explainer, Explanation, NoAttributesError, Profile, UnscoredError
 from index.faiss_index import ItemIndex
 from index.recommender import Recommender
 from index.versions import item_titles, load_index, version_manifest
@@ -52,6 +55,8 @@ class Snapshot:
     model: Recommender | None
     model_key: tuple[str, str] | None   # (dir, manifest) of the published model: a new one means reload
     model_problem: str | None   # why /recommend cannot answer (None when `model` is set)
+    explainer: Explainer | None = None
+    explainer_problem: str | None = None   # why /explain cannot answer (None when `explainer` is set)
 
 
 def _model_key(store: Store, run: str, source: str | None) -> tuple[tuple[str, str] | None, str | None]:
@@ -76,6 +81,17 @@ def _load_model(store: Store, run: str, key: tuple[str, str] | None, problem: st
         return {"model": None, "model_key": key, "model_problem": f"the SRS model {store.full_uri(rel)} cannot be loaded: {e}"}
 
 
+def _load_explainer(store: Store, run: str, ids: list[str]) -> dict:
+    """The Snapshot fields for the attribute scores of the served run `run` (over its index's items)."""
+    try:
+        return {"explainer": Explainer.load(store, run, ids), "explainer_problem": None}
+    except NoAttributesError as e:
+        return {"explainer": None, "explainer_problem": str(e)}
+    except Exception as e:   # broken scores must not take the index down
+        log.exception("cannot load the attribute scores of %s", run)
+        return {"explainer": None, "explainer_problem": f"the attribute scores of {run} cannot be loaded: {e}"}
+
+
 def load_snapshot(store: Store, version: str, source: str | None = None) -> Snapshot:
     """Index `version`, its catalog's titles and the newest model of the run it was built from."""
     manifest = version_manifest(store, version)
@@ -86,7 +102,7 @@ def load_snapshot(store: Store, version: str, source: str | None = None) -> Snap
         log.warning("serving index %s without titles: %s", version, e)
         titles = {}
     model = _load_model(store, manifest["run"], *_model_key(store, manifest["run"], source))
-    return Snapshot(version, manifest, index, titles, **model)
+    return Snapshot(version, manifest, index, titles, **model, **_load_explainer(store, manifest["run"], index.ids))
 
 
 class LiveIndex:
@@ -102,7 +118,8 @@ class LiveIndex:
         self.refresh()
 
     def refresh(self) -> bool:
-        """Load a new CURRENT version, or a newly published model for the served run; True if swapped."""
+        """Load a new CURRENT version, or a newly published model for the served run, or its attribute
+        scores if they were missing; True if swapped."""
         try:
             version = current_version(self.store)
         except NoIndexError as e:
@@ -113,9 +130,16 @@ class LiveIndex:
             self.snapshot = load_snapshot(self.store, version, self.cfg.model_source)
             log.info("serving index %s (%d items)", version, len(self.snapshot.index))
             return True
+        swapped = False
+        if snap.explainer is None:   # scored since this version was loaded?
+            scores = _load_explainer(self.store, snap.manifest["run"], snap.index.ids)
+            if scores["explainer"] is not None:
+                self.snapshot = snap = replace(snap, **scores)
+                log.info("explaining with %s", snap.explainer.items.run)
+                swapped = True
         key, problem = _model_key(self.store, snap.manifest["run"], self.cfg.model_source)
         if key == snap.model_key:
-            return False
+            return swapped
         self.snapshot = replace(snap, **_load_model(self.store, snap.manifest["run"], key, problem))
         log.info("serving SRS model %s", self.snapshot.model.where if self.snapshot.model else None)
         return True
@@ -144,6 +168,8 @@ class ScoredItem(BaseModel):
     score: float = Field(description="Cosine or inner product (higher is closer), squared L2 distance "
                                      "for l2 indexes, the SRS model's <user, item> for /recommend.")
     title: str | None = None
+    explanation: Explanation | None = Field(None, description="/recommend with explain: why, by the attribute "
+                                                              "scores (None where the item has none).")
 
 
 class ItemsResponse(BaseModel):
@@ -168,6 +194,19 @@ class RecommendRequest(_Request):
     items: list[str] = Field(min_length=1, description="The user's items, oldest first.")
     exclude_seen: bool = Field(True, description="Leave out the items of the sequence.")
     exclude: list[str] = Field(default_factory=list, description="More item ids to leave out.")
+    explain: bool = Field(False, description="Explain each item by its attribute scores, as /explain does.")
+
+
+class ExplainRequest(_Request):
+    items: list[str] = Field(min_length=1, description="The user's items, oldest first: their profile is the "
+                                                       "mean of these items' attribute scores.")
+    item: str = Field(description="The item to explain.")
+
+
+class ExplainResponse(BaseModel):
+    version: str = Field(description="The index version that answered.")
+    run: str = Field(description="The embeddings run the attribute scores come from.")
+    explanation: Explanation
 
 
 class Health(BaseModel):
@@ -335,21 +374,58 @@ def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
         found, scores = snap.index.search(vector, req.k + len(excluded))
         return ItemsResponse(version=snap.version, items=_scored(snap, found[0], scores[0], excluded, req.k))
 
+    def explainer_of(snap: Snapshot) -> Explainer:
+        if snap.explainer is None:
+            raise HTTPException(409, snap.explainer_problem)
+        return snap.explainer
+
+    def profile_of(explainer: Explainer, items: list[str]) -> Profile:
+        try:
+            return explainer.history_profile(items)
+        except KeyError as e:
+            raise HTTPException(404, e.args[0]) from None
+        except UnscoredError as e:
+            raise HTTPException(422, str(e)) from None
+
     @api.post("/recommend", responses=_problems(**{
         "404": "An item of the sequence is not in the SRS model's catalog.",
-        "409": "No trained SRS model for the served run."}))
+        "409": "No trained SRS model for the served run (with explain: or no attribute scores)."}))
     def recommend(req: Recommend) -> ItemsResponse:
-        """The k items the SRS model ranks next after the user's sequence."""
+        """The k items the SRS model ranks next after the user's sequence (with explain, each explained)."""
         snap = served()
         if snap.model is None:
             raise HTTPException(409, snap.model_problem)
+        explainer = explainer_of(snap) if req.explain else None
         excluded = set(req.exclude) | (set(req.items) if req.exclude_seen else set())
         try:
             ids, scores = snap.model.recommend(req.items, req.k, excluded)
         except KeyError as e:
             raise HTTPException(404, e.args[0]) from None
-        return ItemsResponse(version=snap.version, model=snap.model.where, source=snap.model.source,
-                             items=_scored(snap, ids, scores, set(), req.k))
+        items = _scored(snap, ids, scores, set(), req.k)
+        if explainer is not None:
+            profile = profile_of(explainer, req.items)
+            for scored in items:
+                with contextlib.suppress(UnscoredError):   # an item added since the scores were: None
+                    scored.explanation = explainer.explain(profile, scored.item_id)
+        return ItemsResponse(version=snap.version, model=snap.model.where, source=snap.model.source, items=items)
+
+    @api.post("/explain", responses=_problems(**{
+        "404": "An item (of the sequence, or to explain) is not in the served catalog.",
+        "409": "No attribute scores for the served run.",
+        "422": "The item, or every item of the sequence, has no attribute scores (or a field is bad)."}))
+    def explain_item(req: ExplainRequest) -> ExplainResponse:
+        """Why `item` suits the user of `items`, by GER's attributes: per attribute both z-scores and their
+        normalized difference, and the attributes that most support and most oppose it, in words."""
+        snap = served()
+        explainer = explainer_of(snap)
+        profile = profile_of(explainer, req.items)
+        try:
+            explanation = explainer.explain(profile, req.item)
+        except KeyError as e:
+            raise HTTPException(404, e.args[0]) from None
+        except UnscoredError as e:
+            raise HTTPException(422, str(e)) from None
+        return ExplainResponse(version=snap.version, run=explainer.items.run, explanation=explanation)
 
     app.include_router(api)
     return app

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from jobs import embed, finetune, index, ingest, pipeline, query, serve, train, update
+from jobs import embed, explain, finetune, index, ingest, pipeline, query, serve, train, update
 from jobs.runner import run
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -13,6 +13,7 @@ app.command("embed")(embed.main)
 app.command("index")(index.main)
 app.command("train")(train.main)
 app.command("query")(query.main)
+app.command("explain")(explain.main)
 app.command("pipeline")(pipeline.main)
 app.command("serve")(serve.main)
 app.command("update")(update.main)

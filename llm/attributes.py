@@ -31,6 +31,7 @@ DEFAULT_ATTRIBUTES: dict[str, list[str]] = {
 DEFAULT_ATTRIBUTES["scientific"] = DEFAULT_ATTRIBUTES["product"]
 
 SCALE = np.arange(1, 10, dtype=np.float32)  # the values 1..9, one token each
+MIN_STD = 1e-3  # an attribute that varies less over a population carries no signal (1-9 scale)
 
 
 def attributes_for(domain: str, configured: list[str] | None = None) -> list[str]:
@@ -109,3 +110,11 @@ def most_likely_scores(probs: np.ndarray) -> np.ndarray:
 def raw_scores(rows: list, width: int) -> np.ndarray:
     """[n, width] float32 from a column of score lists."""
     return np.asarray(rows, dtype=np.float32).reshape(-1, width)
+
+
+def standardize(raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Per-attribute z-scores of `raw` [..., A] given a population's mean and std; an attribute whose std
+    is below MIN_STD is 0 throughout (dividing by it would only blow rounding noise up to unit variance)."""
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    z = (raw - mean) / np.where(std >= MIN_STD, std, 1.0)
+    return np.where(std >= MIN_STD, z, 0.0).astype(np.float32)

@@ -1,5 +1,6 @@
 """Embed a catalog into an embeddings run: Ray Data shards the input blocks over a pool of engine
-actors (llm.stages), then the run is checked and committed by its manifest.
+actors (llm.stages), then the run is checked and committed by its manifest. User profiles (GER's
+attribute scores of each user's profile prompt) are scored and committed the same way.
 
 The part files are keyed by input block (and adapter), so a retried block overwrites its own part
 and `resume` embeds only the blocks whose part is missing.
@@ -7,10 +8,14 @@ and `resume` embeds only the blocks whose part is missing.
 from __future__ import annotations
 
 import time
+from collections import Counter
 
+import pyarrow.compute as pc
+
+from catalog import profile_prompts
 from catalog.publish import ensure_catalog
 from cluster.config import Config
-from cluster.layout import catalog_file, catalog_name, read_parts, run_dir, run_name
+from cluster.layout import catalog_file, catalog_name, read_parts, run_dir, run_name, users_run
 from cluster.runtime import init_ray, node_cpus
 from cluster.storage import Store
 from llm.adapters import check_adapter
@@ -29,10 +34,11 @@ def _actor_resources(cfg: Config) -> dict:
 
 def embed_items(cfg: Config, store: Store, items_rel: str, run: str, domain: str,
                 adapters: dict[str, str] | None = None, resume: bool = False,
-                attributes: list[str] | None = None) -> dict:
+                attributes: list[str] | None = None, users: bool = False) -> dict:
     """Embed every row of the items Parquet at `items_rel` (once per adapter, or with the base model)
     into part files of embeddings run `run`, one per input block; not committed. With `resume`, blocks
-    whose part file exists are skipped, otherwise the run's directory starts empty.
+    whose part file exists are skipped, otherwise the run's directory starts empty. With `users`, the
+    rows are user profile prompts (catalog.profile_prompts), of which only the `attributes` are scored.
 
     Returns timings: start-up (until the first block is done, less its compute) apart from the
     steady-state items/s measured between block completions."""
@@ -61,7 +67,7 @@ def embed_items(cfg: Config, store: Store, items_rel: str, run: str, domain: str
         fn_constructor_kwargs={"model_cfg": cfg.model, "threads": cfg.embed.threads_per_actor, "store": store,
                                "items_rel": items_rel, "out_rel": out_rel, "domain": domain,
                                "batch_size": cfg.embed.batch_size, "adapters": adapters,
-                               "attributes": attributes},
+                               "attributes": attributes, "users": users},
         compute=ray.data.ActorPoolStrategy(size=min(cfg.embed.actors, len(tasks))),
         batch_size=1,  # Ray Data replaces a dead actor and retries its block: parts are overwritten, never doubled
         **_actor_resources(cfg),
@@ -84,13 +90,15 @@ def embed_items(cfg: Config, store: Store, items_rel: str, run: str, domain: str
 
 def commit_run(cfg: Config, store: Store, run: str, *, catalog_rel: str, expected_rows: int, started: float,
                parent: str | None = None, extra: dict | None = None) -> dict:
-    """Check the run's part files hold each (item, adapter) exactly once, then write its manifest (the commit).
+    """Check the run's part files hold each (item, adapter) exactly once (each (user, adapter) for user
+    profiles), then write its manifest (the commit).
 
     `extra` adds caller fields; one that would replace a computed field (say `rows`) is refused, so a caller's
     per-pass figure can never pass for the run's."""
     extra = extra or {}
     table, parts = read_parts(store, run)
-    keys = set(zip(table["item_id"].to_pylist(), table["adapter"].to_pylist()))
+    key = "item_id" if "item_id" in table.column_names else "user_id"
+    keys = set(zip(table[key].to_pylist(), table["adapter"].to_pylist()))
     if table.num_rows != expected_rows or len(keys) != expected_rows:
         raise RuntimeError(f"embeddings run {run} holds {table.num_rows} rows ({len(keys)} unique) "
                            f"for {expected_rows} expected: not committed")
@@ -98,10 +106,12 @@ def commit_run(cfg: Config, store: Store, run: str, *, catalog_rel: str, expecte
     summary = {
         "run": run, "uri": store.full_uri(run_dir(run)), "catalog": catalog_rel, "model": cfg.model.path,
         "engine": pick_engine(cfg.model), "adapters": sorted({a for a in table["adapter"].to_pylist() if a}),
-        "parent": parent, "rows": table.num_rows, "dims": table.schema.field("embedding").type.list_size,
-        "truncated": int(sum(table["truncated"].to_pylist())), "seconds": round(seconds, 2),
-        "items_per_s": round(table.num_rows / seconds, 2), "parts": parts,
+        "parent": parent, "rows": table.num_rows, "seconds": round(seconds, 2),
+        f"{key.removesuffix('_id')}s_per_s": round(table.num_rows / seconds, 2), "parts": parts,
     }
+    if "embedding" in table.column_names:
+        summary |= {"dims": table.schema.field("embedding").type.list_size,
+                    "truncated": int(sum(table["truncated"].to_pylist()))}
     if "attributes" in table.column_names:
         summary["attributes"] = _attribute_stats(table, extra["attribute_names"])
     if clash := sorted(summary.keys() & extra.keys()):
@@ -113,9 +123,12 @@ def commit_run(cfg: Config, store: Store, run: str, *, catalog_rel: str, expecte
 
 
 def _attribute_stats(table, names: list[str]) -> dict:
-    """Per-attribute mean/std over the run: a glance at whether the scorer discriminates at all."""
-    raw = raw_scores(table["attributes"].to_pylist(), len(names))
-    return {"names": names, "mean": raw.mean(0).tolist(), "std": raw.std(0).tolist()}
+    """Per-attribute mean/std over the run's scored rows (what its scores are z-scored with), and why
+    the others have none."""
+    scored = pc.is_valid(table["attributes"])
+    raw = raw_scores(table.filter(scored)["attributes"].to_pylist(), len(names))
+    unscored = Counter(table.filter(pc.invert(scored))["reason"].to_pylist()) if "reason" in table.column_names else {}
+    return {"names": names, "mean": raw.mean(0).tolist(), "std": raw.std(0).tolist(), "unscored": dict(unscored)}
 
 
 def embed_catalog(cfg: Config, store: Store, overwrite: bool = False, adapters: dict[str, str] | None = None,
@@ -134,4 +147,27 @@ def embed_catalog(cfg: Config, store: Store, overwrite: bool = False, adapters: 
                          attributes=names)
     summary = commit_run(cfg, store, run, catalog_rel=items, expected_rows=cat["items"] * max(len(adapters or {}), 1),
                          started=started, extra={"quarantined": cat["quarantined"], "attribute_names": names, **timing})
+    return summary, True
+
+
+def embed_users(cfg: Config, store: Store, overwrite: bool = False, adapters: dict[str, str] | None = None,
+                resume: bool = False) -> tuple[dict, bool]:
+    """Score every user's GER profile prompt (catalog.profile_prompts, over finetune.ger_history recent
+    training items) on the attributes, as run <attributes run>-users; same as embed_catalog otherwise.
+    A user with no training items gets null scores and the reason."""
+    run = users_run(run_name(cfg, adapters, attributes=True))
+    if store.is_committed(run_dir(run)) and not overwrite:
+        return store.manifest(run_dir(run)), False
+    started = time.time()
+    cat = ensure_catalog(cfg, store)
+    name = catalog_name(cfg)
+    items, interactions = (store.read_parquet(catalog_file(name, kind)) for kind in ("items", "interactions"))
+    prompts = profile_prompts(items, interactions, cat["domain"], cfg.finetune.ger_history)
+    rel = catalog_file(name, "profiles")
+    store.write_parquet(rel, prompts, row_group_size=cfg.embed.block_size)  # row groups: the job's blocks
+    names = attributes_for(cat["domain"], cfg.embed.attributes)
+    timing = embed_items(cfg, store, rel, run, cat["domain"], adapters, resume=resume and not overwrite,
+                         attributes=names, users=True)
+    summary = commit_run(cfg, store, run, catalog_rel=rel, expected_rows=prompts.num_rows * max(len(adapters or {}), 1),
+                         started=started, extra={"attribute_names": names, **timing})
     return summary, True

@@ -1,5 +1,5 @@
 """Embeddings runs: their names, and reading a committed one back (ids and a float32 matrix, in the
-run's row order)."""
+run's row order); user profiles likewise (user ids, scores with NaN rows where there are none, and why)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,11 +11,11 @@ from cluster.storage import Store
 from llm.attributes import raw_scores
 
 
-def _committed_rows(store: Store, run: str, adapter: str | None, column: str) -> tuple[pa.Table, dict, str]:
-    """item_id and `column` of embeddings/<run>, rows of one adapter (None: the run's only one);
-    refuses an uncommitted run."""
+def _committed_rows(store: Store, run: str, adapter: str | None, columns: list[str]) -> tuple[pa.Table, dict, str]:
+    """`columns` of embeddings/<run>, rows of one adapter (None: the run's only one); refuses an
+    uncommitted run."""
     where = store.full_uri(run_dir(run))
-    table, manifest = read_committed_run(store, run, ["item_id", column, "adapter"])
+    table, manifest = read_committed_run(store, run, [*columns, "adapter"])
     adapters = manifest.get("adapters") or []
     if adapter is None and len(adapters) > 1:
         raise ValueError(f"{where} holds adapters {adapters}: name one")
@@ -28,7 +28,7 @@ def _committed_rows(store: Store, run: str, adapter: str | None, column: str) ->
 
 def read_run(store: Store, run: str, adapter: str | None = None) -> tuple[list[str], np.ndarray, dict]:
     """(item ids, [n, d] vectors, manifest) of embeddings/<run>; refuses an uncommitted or malformed run."""
-    table, manifest, where = _committed_rows(store, run, adapter, "embedding")
+    table, manifest, where = _committed_rows(store, run, adapter, ["item_id", "embedding"])
     emb_type = table.schema.field("embedding").type
     if not pa.types.is_fixed_size_list(emb_type) or not pa.types.is_floating(emb_type.value_type):
         raise ValueError(f"{where}: embedding must be fixed_size_list<float>, got {emb_type}")
@@ -48,11 +48,20 @@ def read_attributes(store: Store, run: str, adapter: str | None = None) -> tuple
     stats = store.manifest(run_dir(run)).get("attributes")
     if not stats:
         raise ValueError(f"{store.full_uri(run_dir(run))} has no attribute scores: embed with --attributes")
-    table, _, where = _committed_rows(store, run, adapter, "attributes")
+    table, _, where = _committed_rows(store, run, adapter, ["item_id", "attributes"])
     if table.column("attributes").null_count:
         raise ValueError(f"{where}: {table.column('attributes').null_count} items have no attribute scores")
     raw = raw_scores(table["attributes"].to_pylist(), len(stats["names"]))
     return table["item_id"].to_pylist(), raw, stats["names"]
+
+
+def read_profiles(store: Store, run: str, adapter: str | None = None) -> tuple[list[str], np.ndarray, list, dict]:
+    """(user ids, [n, A] raw 1-9 profile scores with NaN rows for the unscored users, each one's reason
+    (None where scored), the manifest's attribute stats) of a committed user-profiles run."""
+    table, manifest, _ = _committed_rows(store, run, adapter, ["user_id", "attributes", "reason"])
+    stats = manifest["attributes"]
+    rows = [r if r is not None else [np.nan] * len(stats["names"]) for r in table["attributes"].to_pylist()]
+    return table["user_id"].to_pylist(), raw_scores(rows, len(stats["names"])), table["reason"].to_pylist(), stats
 
 
 def aligned(ids: list[str], rows: np.ndarray, item_ids: list[str], run: str) -> np.ndarray:

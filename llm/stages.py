@@ -7,6 +7,9 @@ declares, so a missing column fails at the stage that needs it, by name.
 
     Prompt -> Tokenize -> Embed -> [ScoreAttributes] -> WritePart
 
+Scoring user profiles (`embed --attributes --users`) runs the same actor over a block of the users'
+profile prompts instead, through ScoreAttributes -> WritePart only.
+
 WritePart writes exactly one part file named after the block (and adapter). Part names are
 deterministic, so a retried or resumed block overwrites instead of duplicating, and a rerun after a
 crash skips the blocks already written: the final run is the same as an uninterrupted one.
@@ -38,6 +41,13 @@ def embedding_schema(dims: int, n_attributes: int = 0) -> pa.Schema:
     if n_attributes:
         fields.append(("attributes", pa.list_(pa.float32(), n_attributes)))
     return pa.schema(fields)
+
+
+def profile_schema(n_attributes: int) -> pa.Schema:
+    """The user-profiles contract: one row per user and adapter, the raw 1-9 expected scores of the user's
+    profile prompt, null when there was nothing to profile (`reason` says why)."""
+    return pa.schema([("user_id", pa.string()), ("attributes", pa.list_(pa.float32(), n_attributes)),
+                      ("reason", pa.string()), ("model", pa.string()), ("adapter", pa.string())])
 
 
 def part_name(block: int, adapter: str | None) -> str:
@@ -134,8 +144,8 @@ class Embed(Stage):
 
 
 class ScoreAttributes(Stage):
-    """GER attribute scores [n, A]: the expected 1-9 values read off the fixed-form answer to each item's
-    chat-template request (llm.attributes)."""
+    """GER attribute scores [n, A]: the expected 1-9 values read off the fixed-form answer to each prompt's
+    chat-template request (llm.attributes); NaN for a None prompt (a user with nothing to profile)."""
 
     inputs, outputs = ("prompt", "adapter"), ("attributes",)
 
@@ -146,55 +156,60 @@ class ScoreAttributes(Stage):
         from llm.attributes import answer_probs, expected_scores, score_request
 
         tok, limit = self.engine.tokenizer, self.engine.cfg.max_prompt_tokens
-        requests = [score_request(tok, p, self.names, limit) for p in columns["prompt"]]
-        scores = np.zeros((len(requests), len(self.names)), np.float32)
+        prompts = columns["prompt"]
+        scores = np.full((len(prompts), len(self.names)), np.nan, np.float32)
         for name, rows in _by_adapter(columns["adapter"]).items():
-            probs = answer_probs(self.engine, [requests[i] for i in rows], self.names, self.adapters.get(name))
-            scores[rows] = expected_scores(probs)
+            rows = [i for i in rows if prompts[i] is not None]
+            if rows:
+                requests = [score_request(tok, prompts[i], self.names, limit) for i in rows]
+                scores[rows] = expected_scores(answer_probs(self.engine, requests, self.names, self.adapters.get(name)))
         return {"attributes": scores}
 
 
 class WritePart(Stage):
-    """Writes the rows of one block and adapter as their one part file, in the embeddings-run contract."""
+    """Writes the rows of one block and adapter as their one part file, in the run's contract `schema`."""
 
-    inputs = ("block", "item_id", "content_hash", "embedding", "truncated", "model", "adapter")
     outputs = ("part",)
 
-    def __init__(self, store: Store, out_rel: str, n_attributes: int):
-        self.store, self.out_rel, self.n_attributes = store, out_rel, n_attributes
-        if n_attributes:
-            self.inputs += ("attributes",)
+    def __init__(self, store: Store, out_rel: str, schema: pa.Schema):
+        self.store, self.out_rel, self.schema = store, out_rel, schema
+        self.inputs = ("block", *schema.names)
 
     def run(self, columns: dict) -> dict:
         (block,), (adapter,) = set(columns["block"]), set(columns["adapter"])  # one part per task
-        vectors = columns["embedding"]
-        schema = embedding_schema(vectors.shape[1], self.n_attributes)
-        values = columns | {"embedding": _fixed_size(vectors)}
-        if self.n_attributes:
-            values["attributes"] = _fixed_size(columns["attributes"])
+        table = pa.Table.from_pydict({f.name: _arrow(columns[f.name], f.type) for f in self.schema}, schema=self.schema)
         name = part_name(block, adapter)
-        self.store.write_parquet(f"{self.out_rel}/{name}",
-                                 pa.Table.from_pydict({c: values[c] for c in schema.names}, schema=schema))
-        return {"part": [name] * len(vectors)}
+        self.store.write_parquet(f"{self.out_rel}/{name}", table)
+        return {"part": [name] * table.num_rows}
 
 
-def _fixed_size(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), matrix.shape[1])
+def _arrow(values, kind: pa.DataType):
+    """A column for Arrow: a matrix becomes fixed-size lists, its all-NaN rows (nothing scored) nulls."""
+    if not pa.types.is_fixed_size_list(kind):
+        return values
+    matrix = np.asarray(values, np.float32)
+    unscored = np.isnan(matrix).all(axis=1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.nan_to_num(matrix).reshape(-1), pa.float32()), type=kind,
+                                             mask=pa.array(unscored) if unscored.any() else None)
 
 
 class BlockEmbedder:
     """The actor of the embedding job (Ray Data map_batches, one task per row): holds one engine (one model
-    load per actor) and drives each task's block through the stage chain."""
+    load per actor) and drives each task's block through the stage chain. With `users`, the blocks are
+    of user profile prompts (user_id, prompt, reason), and only their attribute scores are written."""
 
     def __init__(self, model_cfg: ModelConfig, threads: int, store: Store, items_rel: str, out_rel: str,
-                 domain: str, batch_size: int, adapters: dict[str, str], attributes: list[str] | None = None):
+                 domain: str, batch_size: int, adapters: dict[str, str], attributes: list[str] | None = None,
+                 users: bool = False):
         engine = build_engine(model_cfg, threads)
         tuned = {name: Adapter(name, path, i + 1) for i, (name, path) in enumerate(sorted(adapters.items()))}
-        self.store, self.items_rel = store, items_rel
-        self.stages = [Prompt(domain), Tokenize(engine), Embed(engine, tuned, batch_size)]
-        if attributes:
-            self.stages.append(ScoreAttributes(engine, tuned, attributes))
-        self.stages.append(WritePart(store, out_rel, len(attributes or [])))
+        self.store, self.items_rel, self.users, self.model = store, items_rel, users, model_cfg.path
+        scoring = [ScoreAttributes(engine, tuned, attributes)] if attributes else []
+        if users:
+            self.stages = [*scoring, WritePart(store, out_rel, profile_schema(len(attributes)))]
+        else:
+            self.stages = [Prompt(domain), Tokenize(engine), Embed(engine, tuned, batch_size), *scoring,
+                           WritePart(store, out_rel, embedding_schema(engine.hidden_size, len(attributes or [])))]
 
     def __call__(self, tasks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Tasks (block, adapter; adapter '' = the base model) -> one result row each: block, adapter,
@@ -205,14 +220,20 @@ class BlockEmbedder:
             batch = self.read(int(block), adapter or None)
             for stage in self.stages:
                 batch = stage(batch)
+            truncated = sum(batch.get("truncated", []))   # profile prompts are cut inside score_request
             for key, value in (("block", block), ("adapter", adapter), ("rows", len(batch["part"])),
-                               ("truncated", sum(batch["truncated"])), ("seconds", time.perf_counter() - started)):
+                               ("truncated", truncated), ("seconds", time.perf_counter() - started)):
                 results[key].append(value)
         return {k: np.asarray(v) for k, v in results.items()}
 
     def read(self, block: int, adapter: str | None) -> dict:
-        """The columns the chain starts from: the block's catalog rows, and which block and adapter they are for."""
-        items = read_block(self.store, self.items_rel, block)
-        n = items.num_rows
-        return {"block": [block] * n, "adapter": [adapter] * n, "item_id": items["item_id"].to_pylist(),
-                "content_hash": items["content_hash"].to_pylist(), "item": items.to_pylist()}
+        """The columns the chain starts from: the block's catalog rows (or profile prompts), and which block and
+        adapter they are for."""
+        rows = read_block(self.store, self.items_rel, block)
+        n = rows.num_rows
+        where = {"block": [block] * n, "adapter": [adapter] * n}
+        if self.users:
+            profiles = {c: rows[c].to_pylist() for c in ("user_id", "prompt", "reason")}
+            return where | profiles | {"model": [self.model] * n}
+        return where | {"item_id": rows["item_id"].to_pylist(), "content_hash": rows["content_hash"].to_pylist(),
+                        "item": rows.to_pylist()}

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cluster.config import SRSConfig
+from llm.attributes import standardize
 
 
 @dataclass(frozen=True)
@@ -260,15 +261,9 @@ class LLMEmbAdapter(ItemEmbedding):
         return self.alpha * info_nce(self.adapter(self.reduced[rows]), self.id_table[rows], self.gamma)
 
 
-MIN_STD = 1e-3  # a feature that varies less over the items carries no signal (1-9 attribute scale)
-
-
 def zscore(x: np.ndarray) -> np.ndarray:
-    """Per-column z-score over the items; a column whose std is below MIN_STD is 0 for every item
-    (dividing by it would only blow rounding noise up to unit variance)."""
-    std = x.std(axis=0)
-    z = (x - x.mean(axis=0)) / np.where(std >= MIN_STD, std, 1.0)
-    return np.where(std >= MIN_STD, z, 0.0).astype(np.float32)
+    """Per-column z-score over the items (llm.attributes.standardize over their own mean and std)."""
+    return standardize(x, x.mean(axis=0), x.std(axis=0))
 
 
 class GuidedEmbedding(ItemEmbedding):

@@ -98,3 +98,36 @@ def own_processes(title: str) -> list:
         except psutil.Error:  # exited meanwhile
             pass
     return found
+
+
+GER_ATTRIBUTES = ["durability", "price level", "ease of use"]
+
+
+@pytest.fixture(scope="session")
+def ger_pipeline(ray_local, tmp_path_factory):
+    """`guidedrec pipeline` on a tiny synthetic catalog with the ger source (so with attribute scores),
+    then `guidedrec embed --attributes --users`: the slow part, run once for every test of GER outputs."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    import yaml
+
+    from cluster import load_config
+    from cluster.storage import Store
+    from jobs.embed import run_embed
+    from jobs.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("ger")
+    settings = {"storage": {"uri": str(root / "store")},
+                "dataset": {"name": "synthetic", "synthetic_items": 24, "synthetic_users": 80, "min_interactions": 1},
+                "model": {"max_prompt_tokens": 64},
+                "embed": {"batch_size": 8, "block_size": 16, "attributes": GER_ATTRIBUTES},
+                "srs": {"sources": ["id", "ger"], "epochs": 2}}
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    cfg = load_config(path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = run_pipeline(cfg)
+        users = run_embed(cfg, attributes=True, users=True)
+    return SimpleNamespace(config=path, cfg=cfg, store=Store(str(root / "store")), result=result, users=users)

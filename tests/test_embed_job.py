@@ -215,31 +215,29 @@ def test_bad_catalog_rows_are_quarantined_and_long_text_truncated(ray_local, tmp
 
 
 @pytest.mark.slow
-def test_attribute_scores_are_stored_beside_embeddings(ray_local, tmp_path):
-    from jobs.train import run_train
-    from cluster.layout import run_name
+def test_attribute_scores_are_stored_beside_embeddings(ger_pipeline):
+    from cluster.layout import run_dir, run_name
     from llm.runs import aligned_attributes, read_attributes
+    from tests.conftest import GER_ATTRIBUTES as names
 
-    names = ["durability", "price level", "ease of use"]
-    cfg = _config(tmp_path, **{"dataset.synthetic_items": 24, "embed.attributes": names, "dataset.min_interactions": 1})
-    summary = run_embed(cfg, attributes=True)
-    assert summary["run"].endswith("-base-attrs")
-    stats = summary["attributes"]
+    cfg, store = ger_pipeline.cfg, ger_pipeline.store
+    run = run_name(cfg, attributes=True)
+    assert run.endswith("-base-attrs")
+    stats = store.manifest(run_dir(run))["attributes"]
     assert stats["names"] == names and len(stats["mean"]) == len(stats["std"]) == 3
-    table = Store(str(tmp_path)).read_parquet(f"embeddings/{summary['run']}")
+    table = store.read_parquet(f"embeddings/{run}")
     scores = np.array(table["attributes"].to_pylist())
-    assert scores.shape == (summary["rows"], 3) and ((scores >= 1) & (scores <= 9)).all()
+    assert scores.shape == (store.manifest(run_dir(run))["rows"], 3) and ((scores >= 1) & (scores <= 9)).all()
     assert scores.std(axis=0).min() > 0, "items get different scores"
-    ids, read, got_names = read_attributes(Store(str(tmp_path)), summary["run"])
+    ids, read, got_names = read_attributes(store, run)
     assert got_names == names and ids == table["item_id"].to_pylist() and np.allclose(read, scores)
-    assert np.allclose(aligned_attributes(Store(str(tmp_path)), summary["run"], ids[::-1]), read[::-1])
+    assert np.allclose(aligned_attributes(store, run, ids[::-1]), read[::-1])
     with pytest.raises(KeyError, match="lacks 1 catalog items"):
-        aligned_attributes(Store(str(tmp_path)), summary["run"], ["no-such-item"])
-    # The SRS job trains the ger source over this run's scores (and publishes its model).
-    cfg = cfg.model_copy(update={"srs": cfg.srs.model_copy(update={"sources": ["id", "ger"], "epochs": 2})})
-    metrics = run_train(cfg)
+        aligned_attributes(store, run, ["no-such-item"])
+    # The pipeline trained the ger source over this run's scores (and published its model).
+    metrics = ger_pipeline.result["metrics"]
     assert set(metrics) == {"popularity", "id", "ger"} and 0 <= metrics["ger"]["HR@10"] <= 1
-    assert Store(str(tmp_path)).is_committed(f"models/{run_name(cfg)}/ger")
+    assert store.is_committed(f"models/{run_name(cfg)}/ger")
 
 
 @pytest.mark.slow
