@@ -139,13 +139,13 @@ class SRSConfig(_Section):
     id_init: Literal["random", "llm-pca"] = Field(
         "random", description="The id source's table: N(0, 0.02), or initialised from the PCA of the LLM embeddings "
         "(LLM-ESR's ID view; then it reads the embeddings run).")
-    text_dropout: float = Field(0.0, ge=0, lt=1, description="ID tables initialised from text (llmesr, id with "
-                                "llm-pca): the share of items that, each step, train with the row their text "
-                                "predicts instead of their own, so items added after training rank by their text "
-                                "(DropoutNet). 0: the text map is a ridge fit after training.")
-    text_map_epochs: int = Field(0, ge=0, description="With text_dropout: 0 trains the text map with the model; N > "
-                                 "0 trains it alone for N epochs over the trained, frozen model, which then ranks "
-                                 "warm items exactly as without text dropout.")
+    text_dropout: float = Field(0.2, ge=0, lt=1, description="ID tables initialised from text (llmesr, id with "
+                                "llm-pca): the share of items that, each step, use the row their text predicts "
+                                "instead of their own, so items added after training rank by their text "
+                                "(DropoutNet). 0: no text dropout; the text map is a ridge fit after training.")
+    text_map_steps: int = Field(300, ge=0, description="With text_dropout: N > 0 trains the text map alone for N "
+                                "optimizer steps over the trained, frozen model, which then ranks warm items exactly "
+                                "as without text dropout; 0 trains it with the model.")
     tslrec_clusters: int = Field(16, ge=2, description="TSLRec latent categories (k-means of the ID model's items).")
     hidden_size: int = Field(64, ge=8)
     max_len: int = Field(50, ge=2)
@@ -186,8 +186,6 @@ class SRSConfig(_Section):
     def _consistent(self) -> "SRSConfig":
         if self.model == "bert4rec" and self.loss == "bce":
             raise ValueError("bert4rec trains with its cloze cross-entropy: use loss: ce or leave it unset")
-        if self.text_map_epochs and not self.text_dropout:
-            raise ValueError("text_map_epochs trains the text map with text dropout: set text_dropout above 0 too")
         return self
 
     @property

@@ -126,10 +126,12 @@ class IDEmbedding(ItemEmbedding):
     With `pca` the table also learns where text lands in it (`text_map`, kept in the weights), so
     that every item training never saw (cold items; `add_items`) gets the row its text predicts
     instead of an untrained initial row that no trained row's score can compete with. With
-    `text_dropout` p > 0 the map is trained with the model (DropoutNet, Volkovs et al. 2017): each
-    forward pass gives a random share p of the items their text-predicted row instead of their
-    own, so the backbone learns to rank items it knows only by their text; with p = 0 it is a
-    ridge regression from the items' PCA'd text to their trained rows, fitted after training."""
+    text dropout p > 0 (DropoutNet, Volkovs et al. 2017) each forward pass gives a random share p of
+    the items their text-predicted row instead of their own, so the scores learn to rank items known
+    only by their text: while the model trains (`text_dropout` here), or afterwards over the frozen
+    model with only the map trainable (`text_map_stage`, srs.text_map_steps), which leaves the warm
+    items' ranking as trained. A map never trained is a ridge regression from the items' PCA'd text
+    to their trained rows, fitted after training (measured: cold items still rank last)."""
 
     def __init__(self, n_items: int, dim: int, llm: np.ndarray | None = None, pca: PCA | None = None,
                  text_dropout: float = 0.0):
@@ -376,8 +378,8 @@ def tslrec_knowledge(llm: np.ndarray, id_table: np.ndarray, cfg: SRSConfig) -> n
 
 
 def joint_text_dropout(cfg: SRSConfig) -> float:
-    """Text dropout while the model trains; none when the map is trained afterwards (text_map_epochs)."""
-    return cfg.text_dropout if cfg.text_map_epochs == 0 else 0.0
+    """Text dropout while the model trains; none when the map is trained afterwards (text_map_steps)."""
+    return cfg.text_dropout if cfg.text_map_steps == 0 else 0.0
 
 
 def _id(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> IDEmbedding:

@@ -4,6 +4,7 @@ workers) run this same loop; a `Worker` tells it where it runs and what to do be
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -178,7 +179,7 @@ def fit(
     if rank != 0:
         return None
     net.load_state_dict(s.best_model)
-    if cfg.text_map_epochs:
+    if cfg.text_map_steps:
         fit_text_map(net, loader, cfg, known_items, negatives, worker)
     known = np.ones(data.n_items, dtype=bool) if data.warm is None else data.warm
     net.items.after_training(torch.from_numpy(known).to(device))
@@ -191,8 +192,8 @@ def fit(
 
 def fit_text_map(net: SeqRecommender, loader: DataLoader, cfg: SRSConfig, known_items: torch.Tensor,
                  negatives: torch.Generator, worker: Worker) -> None:
-    """Train only the source's text -> row map over the trained, frozen model, with text dropout
-    (srs.text_map_epochs): the map learns rows that compete in the trained model's score space,
+    """Train only the source's text -> row map over the trained, frozen model, with text dropout, for
+    srs.text_map_steps steps: the map learns rows that compete in the trained model's score space,
     while the warm items' rows and the backbone stay exactly as trained."""
     params = net.items.text_map_stage(cfg.text_dropout)
     if not params:
@@ -202,18 +203,19 @@ def fit_text_map(net: SeqRecommender, loader: DataLoader, cfg: SRSConfig, known_
         p.requires_grad_(False)
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     net.train()
-    for epoch in range(1, cfg.text_map_epochs + 1):
-        loader.sampler.set_epoch(cfg.epochs + epoch)
-        total, steps = 0.0, 0
-        for inputs, targets in loader:
+    step, total, epoch = 0, 0.0, cfg.epochs
+    while step < cfg.text_map_steps:
+        epoch += 1
+        loader.sampler.set_epoch(epoch)
+        for inputs, targets in itertools.islice(loader, cfg.text_map_steps - step):
             inputs, targets = inputs.to(worker.device), targets.to(worker.device)
             neg = sample_negatives(inputs, targets, known_items, negatives) if net.needs_negatives else None
             loss = net(TrainBatch(inputs, targets, neg))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, steps = total + loss.item(), steps + 1
-        log.info("[srs %s] text map epoch %d loss %.4f", worker.label, epoch, total / max(steps, 1))
+            step, total = step + 1, total + loss.item()
+    log.info("[srs %s] text map: %d steps, mean loss %.4f", worker.label, step, total / step)
     for p in frozen:
         p.requires_grad_(True)
     net.items.text_map_stage(0.0)

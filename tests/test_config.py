@@ -22,7 +22,6 @@ def test_repository_config_is_valid():
     ("model:\n  engine: tpu\n", "model.engine", "'auto', 'hf' or 'vllm'"),
     ("srs:\n  sources: []\n", "srs.sources", "at least one"),
     ("index:\n  factory: Flat\n  bogus: 1\n", "index.bogus", "Extra inputs are not permitted"),
-    ("srs:\n  text_map_epochs: 5\n", "srs", "set text_dropout above 0"),
 ])
 def test_invalid_values_name_the_key(tmp_path, text, key, problem):
     path = tmp_path / "c.yaml"

@@ -83,14 +83,15 @@ def test_cold_items_appear_only_as_test_targets():
     assert cold[data.test_targets].any() and (~cold[data.test_targets]).any()
 
 
-@pytest.mark.parametrize("text_dropout", [0.0, 0.3])
-def test_cold_items_score_from_their_text_only_with_llm_sources(text_dropout):
+@pytest.mark.parametrize("text_dropout, text_map_steps", [(0.0, 0), (0.3, 0), (0.3, 30)])
+def test_cold_items_score_from_their_text_only_with_llm_sources(text_dropout, text_map_steps):
     """Cold items never reach training: a random ID table cannot rank them; sources whose rows come
     from the LLM embeddings can (the cycle embeddings encode where an item sits on the users' walk),
-    with the text map fitted after training (ridge) or trained with the model (text dropout)."""
+    with the text map fitted after training (ridge), trained with the model (text dropout) or alone
+    over the trained model."""
     sequences, ids = cyclic_sequences()
     cfg = SMALL.model_copy(update={"cold_items": 0.2, "align_alpha": 0.0, "loss": "ce", "epochs": 12,
-                                   "text_dropout": text_dropout})
+                                   "text_dropout": text_dropout, "text_map_steps": text_map_steps})
     id_only = train(sequences, ids, cfg, "id", runner="local")
     text = cycle_embeddings()
     dual = train(sequences, ids, cfg, "llmesr", runner="local", item_embeddings=text)
@@ -99,6 +100,19 @@ def test_cold_items_score_from_their_text_only_with_llm_sources(text_dropout):
     assert id_only.test["cold/HR@10"] < 0.05 < 0.5 < min(dual.test["cold/HR@10"], id_pca.test["cold/HR@10"])
     assert min(r.test["warm/HR@10"] for r in (id_only, dual, id_pca)) > 0.5
     assert not any(k.startswith("cold/") for k in dual.valid)   # validation never ranks cold items
+
+
+def test_text_map_trained_after_the_model_leaves_warm_rows_and_backbone_as_trained():
+    sequences, ids = cyclic_sequences()
+    cfg = SMALL.model_copy(update={"cold_items": 0.2, "loss": "ce", "epochs": 3, "text_dropout": 0.0})
+    text = cycle_embeddings()
+    ridge = train(sequences, ids, cfg, "llmesr", runner="local", item_embeddings=text)
+    mapped = train(sequences, ids, cfg.model_copy(update={"text_dropout": 0.3, "text_map_steps": 20}), "llmesr",
+                   runner="local", item_embeddings=text)
+    cold = cold_items(len(ids), cfg.cold_items, cfg.seed)[1:]
+    assert ridge.valid_curve == mapped.valid_curve
+    np.testing.assert_array_equal(ridge.item_table[~cold], mapped.item_table[~cold])
+    assert not np.allclose(ridge.item_table[cold], mapped.item_table[cold])
 
 
 def test_sample_negatives_avoid_the_users_items_and_padding():
