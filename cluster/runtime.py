@@ -78,3 +78,20 @@ def node_cpus() -> float:
 
 def has_gpu() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+M_MMAP_THRESHOLD = -3   # glibc's mallopt parameter (malloc.h)
+
+
+def return_freed_memory(threshold: int = 128 * 1024) -> None:
+    """Give every allocation of `threshold` bytes and more (tensors) its own mapping, returned to the OS when freed.
+    glibc's default raises that threshold after the first such free, up to 32 MiB: a training step's activations
+    then come from the heap and stay there, fragmented, once freed (a GER step of one user grew a worker's RSS by
+    0.6 GB where its tensors held 0.07). For processes that train; a no-op off glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, threshold)

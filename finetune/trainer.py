@@ -20,7 +20,7 @@ from pathlib import Path
 
 from catalog import load_catalog
 from cluster.config import Config
-from cluster.runtime import has_gpu, init_ray
+from cluster.runtime import has_gpu, init_ray, return_freed_memory
 from cluster.storage import MANIFEST, Store, store_from_config
 from llm.adapters import check_adapter
 from finetune.ger import GER
@@ -66,6 +66,7 @@ def _train_loop(config: dict) -> None:
     import torch
     from ray.train import Checkpoint
 
+    return_freed_memory()
     cfg = Config.model_validate(config["cfg"])
     ft = cfg.finetune
     torch.set_num_threads(ft.threads_per_worker)
