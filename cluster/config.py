@@ -35,8 +35,10 @@ class RayConfig(_Section):
 class S3Config(_Section):
     endpoint: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:8333 (None: AWS).")
     region: str = "us-east-1"
-    access_key: str | None = Field(None, description="Falls back to AWS_ACCESS_KEY_ID.")
-    secret_key: str | None = Field(None, description="Falls back to AWS_SECRET_ACCESS_KEY.")
+    access_key: SecretStr | None = Field(None, description="Falls back to AWS_ACCESS_KEY_ID (the only way on a "
+                                         "cluster: see SECRET_ENV).")
+    secret_key: SecretStr | None = Field(None, description="Falls back to AWS_SECRET_ACCESS_KEY (the only way on a "
+                                         "cluster: see SECRET_ENV).")
 
 
 STORAGE_URI_FORMS = "a local path (./store, /data/store, file:///data/store) or s3://bucket[/prefix]"
@@ -264,6 +266,51 @@ class Config(_Section):
     srs: SRSConfig = SRSConfig()
     serve: ServeConfig = ServeConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+
+
+# Every credential a config may hold, and the environment variable read where the config does not give it. Only
+# the process that loads the config holds them: a config never goes to Ray with them (Ray Train records a run's
+# config, a Serve app is pickled into Ray's store), so Ray's workers and Serve's replicas read the variables.
+SECRET_ENV = {"storage.s3.access_key": "AWS_ACCESS_KEY_ID", "storage.s3.secret_key": "AWS_SECRET_ACCESS_KEY",
+              "serve.token": "GUIDEDREC_TOKEN"}
+TOKEN_ENV = SECRET_ENV["serve.token"]
+
+
+def _section(cfg: Config, dotted: str) -> tuple[BaseModel, str]:
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        cfg = getattr(cfg, name)
+    return cfg, leaf
+
+
+def config_secrets(cfg: Config) -> dict[str, str]:
+    """{environment variable: value} of the credentials `cfg` holds."""
+    found = {}
+    for dotted, env in SECRET_ENV.items():
+        section, leaf = _section(cfg, dotted)
+        if (value := getattr(section, leaf)) is not None:
+            found[env] = value.get_secret_value()
+    return found
+
+
+def without_secrets(cfg: Config) -> Config:
+    """`cfg` with no credentials: the only form of it that may go to Ray."""
+    data = cfg.model_dump()
+    for dotted in SECRET_ENV:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for name in parents:
+            node = node[name]
+        node[leaf] = None
+    return Config.model_validate(data)
+
+
+def export_secrets(cfg: Config) -> Config:
+    """Move the config's credentials into this process's environment, which the Ray this process starts (its
+    workers, Serve's replicas) inherits, as pyarrow, boto3 and the service read it; returns `cfg` without them.
+    (A Ray runtime_env would do the same, but Ray writes runtime envs into its logs and job table.)"""
+    os.environ.update(config_secrets(cfg))
+    return without_secrets(cfg)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

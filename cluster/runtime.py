@@ -61,6 +61,16 @@ def check_shared_storage(storage: StorageConfig, nodes: int) -> None:
                           "every node mounts at that path and say so with storage.shared: true")
 
 
+def check_cluster_credentials(storage: StorageConfig) -> None:
+    """Refuse S3 keys in the config on a cluster: they never leave this process (cluster.config.SECRET_ENV), so
+    the workers on other nodes, which read their own environment, would have none."""
+    if storage.uri.startswith("s3://") and (storage.s3.access_key or storage.s3.secret_key):
+        raise ConfigError("storage.s3 holds keys, which stay with the job's driver, while the workers of a Ray cluster "
+                          "read theirs from their own environment: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY on "
+                          "every node (cluster/deploy/raycluster.yaml takes them from a Kubernetes Secret) and remove "
+                          "the keys from the config")
+
+
 def _quiet_ray_data() -> None:
     """Off the console: Ray Data's progress bars, its heartbeat lines every 10 s (when stdout is not a
     terminal) and its execution notes. Its warnings and errors still show; --verbose brings the rest back."""

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cluster.config import ServeConfig
+from cluster.config import TOKEN_ENV, ServeConfig
 from cluster.layout import NoIndexError, current_version
 from cluster.storage import StorageError, Store
 from index.faiss_index import ItemIndex
@@ -34,7 +34,6 @@ from index.versions import item_titles, load_index, version_manifest
 from srs.published import NoModelError, find_model
 
 log = logging.getLogger(__name__)
-TOKEN_ENV = "GUIDEDREC_TOKEN"
 MAX_BODY_BYTES = 1 << 20   # a /search body with a 4,096-dim vector is about 100 kB of JSON
 _TOO_LARGE = f"the request body is larger than {MAX_BODY_BYTES} bytes"
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
