@@ -466,6 +466,25 @@ def test_ray_serve_hosts_the_same_app(ray_local, world):
 
 
 @pytest.mark.slow
+def test_ray_serve_replica_without_the_token_refuses_to_start(ray_local, world):
+    """The token never goes to Ray inside the app: a replica reads $GUIDEDREC_TOKEN, which this session's Ray
+    does not have, so it refuses to start rather than serve without auth."""
+    from ray import serve
+
+    from cluster.config import Config
+    from jobs.serve import DEPLOYMENT, ray_serve_app
+
+    cfg = Config.model_validate({"storage": {"uri": world.store.uri}, "serve": {"token": "s3cret"}})
+    try:
+        with pytest.raises(RuntimeError, match="Deploying application guidedrec-no-token failed"):
+            serve.run(ray_serve_app(cfg), name="guidedrec-no-token", route_prefix="/")
+        why = serve.status().applications["guidedrec-no-token"].deployments[DEPLOYMENT].message
+        assert "this Ray Serve replica has no $GUIDEDREC_TOKEN" in why
+    finally:
+        serve.shutdown()
+
+
+@pytest.mark.slow
 def test_trained_model_recommends_the_next_item(ray_local, tmp_path):
     """End to end with a real model: SASRec+LLMEmb trained on users who walk the catalog in a
     cycle recommends the item after the sequence."""
