@@ -276,41 +276,32 @@ SECRET_ENV = {"storage.s3.access_key": "AWS_ACCESS_KEY_ID", "storage.s3.secret_k
 TOKEN_ENV = SECRET_ENV["serve.token"]
 
 
-def _section(cfg: Config, dotted: str) -> tuple[BaseModel, str]:
-    *parents, leaf = dotted.split(".")
-    for name in parents:
-        cfg = getattr(cfg, name)
-    return cfg, leaf
-
-
-def config_secrets(cfg: Config) -> dict[str, str]:
-    """{environment variable: value} of the credentials `cfg` holds."""
-    found = {}
+def _split_secrets(cfg: Config) -> tuple[Config, dict[str, str]]:
+    """(`cfg` without credentials, {environment variable: value} of those it held)."""
+    data, found = cfg.model_dump(), {}
     for dotted, env in SECRET_ENV.items():
-        section, leaf = _section(cfg, dotted)
-        if (value := getattr(section, leaf)) is not None:
-            found[env] = value.get_secret_value()
-    return found
-
-
-def without_secrets(cfg: Config) -> Config:
-    """`cfg` with no credentials: the only form of it that may go to Ray."""
-    data = cfg.model_dump()
-    for dotted in SECRET_ENV:
         *parents, leaf = dotted.split(".")
         node = data
         for name in parents:
             node = node[name]
+        if node[leaf] is not None:
+            found[env] = node[leaf].get_secret_value()
         node[leaf] = None
-    return Config.model_validate(data)
+    return Config.model_validate(data), found
+
+
+def without_secrets(cfg: Config) -> Config:
+    """`cfg` with no credentials: the only form of it that may go to Ray."""
+    return _split_secrets(cfg)[0]
 
 
 def export_secrets(cfg: Config) -> Config:
     """Move the config's credentials into this process's environment, which the Ray this process starts (its
     workers, Serve's replicas) inherits, as pyarrow, boto3 and the service read it; returns `cfg` without them.
     (A Ray runtime_env would do the same, but Ray writes runtime envs into its logs and job table.)"""
-    os.environ.update(config_secrets(cfg))
-    return without_secrets(cfg)
+    public, found = _split_secrets(cfg)
+    os.environ.update(found)
+    return public
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
