@@ -26,17 +26,34 @@ class StorageError(RuntimeError):
     """A missing or unreadable object, named by its URI."""
 
 
+class _S3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem, pickled without explicit keys: Ray sends it to its workers (Ray Train's
+    storage_filesystem), which read their own environment (cluster.config.SECRET_ENV) instead."""
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self._public = {k: v for k, v in options.items() if k not in ("access_key", "secret_key")}
+
+    def __reduce__(self):
+        return _S3FileSystem._rebuild, (self._public,)
+
+    @staticmethod
+    def _rebuild(options: dict) -> _S3FileSystem:
+        return _S3FileSystem(**options)
+
+
 def _s3_filesystem(s3: S3Config) -> pafs.S3FileSystem:
+    """Each key from the config, else its environment variable; neither: pyarrow's default chain (an instance role)."""
     kwargs: dict[str, Any] = {"region": s3.region}
-    access = s3.access_key or os.environ.get("AWS_ACCESS_KEY_ID")
-    secret = s3.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+    access = s3.access_key.get_secret_value() if s3.access_key else os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = s3.secret_key.get_secret_value() if s3.secret_key else os.environ.get("AWS_SECRET_ACCESS_KEY")
     if access and secret:
         kwargs.update(access_key=access, secret_key=secret)
     if s3.endpoint:
         scheme, _, host = s3.endpoint.partition("://")
         kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
         kwargs.update(allow_bucket_creation=True)
-    return pafs.S3FileSystem(**kwargs)
+    return _S3FileSystem(**kwargs)
 
 
 class Store:
@@ -57,6 +74,10 @@ class Store:
             self.root = str(Path(self.uri.removeprefix("file://")).expanduser().resolve())
             self.uri = self.root   # what jobs print and manifests record: the place itself, from any directory
             self.is_local = True
+
+    def __reduce__(self):
+        """Pickled (to a Ray worker) without the config's keys: the copy reads the worker's environment."""
+        return Store, (self.uri, self.s3.model_copy(update={"access_key": None, "secret_key": None}))
 
     # -- paths -------------------------------------------------------------------------------
     def path(self, rel: str = "") -> str:

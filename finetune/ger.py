@@ -149,18 +149,18 @@ class GER(Objective):
         rows = [r for r, s in enumerate(seqs) for _ in range(starts[r], len(s))]
         cols = [t for r, s in enumerate(seqs) for t in range(starts[r], len(s))]
         where = {(r, t): m for m, (r, t) in enumerate(zip(rows, cols))}
-        logits = b.model.get_output_embeddings()(hidden[rows, [t - 1 for t in cols]]).float()
-        log_probs = logits.log_softmax(-1)
+        # Full-vocabulary rows for the format loss: only their log-softmax is kept, not the logits beside it.
+        log_probs = b.model.get_output_embeddings()(hidden[rows, [t - 1 for t in cols]]).float().log_softmax(-1)
         token_loss = -log_probs.gather(1, input_ids[rows, cols][:, None]).squeeze(1)
-        at = torch.tensor([[where[(r, t)] for t in ts] for r, ts in enumerate(score_at)], device=logits.device)
-        values = value_tokens(tok)
-        soft = -(torch.tensor(teacher, device=logits.device) * log_probs[at][..., values]).sum(-1)  # [2B, A]
+        at = torch.tensor([[where[(r, t)] for t in ts] for r, ts in enumerate(score_at)], device=b.device)
+        at_values = log_probs[at][..., value_tokens(tok)]                         # [2B, A, 9]
+        soft = -(torch.tensor(teacher, device=b.device) * at_values).sum(-1)      # [2B, A]
         format_loss = token_loss.index_put((at.flatten(),), soft.flatten()).mean()
 
-        probs = logits[at][..., values].softmax(-1)                               # [2B, A, 9]
-        expected = probs @ torch.from_numpy(SCALE).to(logits.device)             # [2B, A] in 1..9
+        probs = at_values.softmax(-1)   # the values' own distribution: softmax drops log-softmax's per-row shift
+        expected = probs @ torch.from_numpy(SCALE).to(b.device)                   # [2B, A] in 1..9
         embedded = (expected - 5) / 4                                             # in [-1, 1]
         n = len(users)
         query = b.heads(embedded[:n])
-        rec_loss = F.cross_entropy(query @ embedded[n:].T, torch.arange(n, device=logits.device))
+        rec_loss = F.cross_entropy(query @ embedded[n:].T, torch.arange(n, device=b.device))
         return format_loss + b.cfg.finetune.ger_rec_weight * rec_loss

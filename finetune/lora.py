@@ -52,9 +52,14 @@ def lora_model(model_cfg: ModelConfig, ft: FinetuneConfig, device):
     dtype = {"auto": torch.float32 if on_cpu else torch.bfloat16, "float32": torch.float32,
              "bfloat16": torch.bfloat16, "float16": torch.float16}[model_cfg.dtype]
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    model.config.use_cache = False   # training reads each sequence once: a key/value cache would only hold memory
     config = LoraConfig(r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
                         target_modules=list(ft.lora_targets), task_type="CAUSAL_LM")
-    return get_peft_model(model, config), tokenizer
+    model = get_peft_model(model, config)
+    if ft.gradient_checkpointing:
+        # Non-reentrant: gradients reach the LoRA weights although the layers' inputs need none.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, tokenizer
 
 
 def tokenize(tokenizer, prompts: list[str], limit: int) -> list[list[int]]:

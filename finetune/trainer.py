@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from catalog import load_catalog
-from cluster.config import Config
-from cluster.runtime import has_gpu, init_ray
+from cluster.config import Config, without_secrets
+from cluster.runtime import has_gpu, init_ray, return_freed_memory
 from cluster.storage import MANIFEST, Store, store_from_config
 from llm.adapters import check_adapter
 from finetune.ger import GER
@@ -66,6 +66,7 @@ def _train_loop(config: dict) -> None:
     import torch
     from ray.train import Checkpoint
 
+    return_freed_memory()
     cfg = Config.model_validate(config["cfg"])
     ft = cfg.finetune
     torch.set_num_threads(ft.threads_per_worker)
@@ -181,7 +182,8 @@ def finetune(cfg: Config, objective: str, out: str, *, max_steps: int | None = N
     with train_progress(f"finetune {objective}", steps, key="step") as bar:
         trainer = TorchTrainer(
             _train_loop,
-            train_loop_config={"cfg": cfg.model_dump(), "objective": objective, "max_steps": steps,
+            # Ray records the loop's config in its run state: never with credentials (the workers need none).
+            train_loop_config={"cfg": without_secrets(cfg).model_dump(), "objective": objective, "max_steps": steps,
                                "data": ray.put(data), "plan": job.plan(data["n_examples"])},
             scaling_config=ScalingConfig(num_workers=cfg.finetune.num_workers, use_gpu=has_gpu(),
                                          resources_per_worker={"CPU": 1}),

@@ -23,11 +23,11 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cluster.config import ServeConfig
+from cluster.config import TOKEN_ENV, ServeConfig
 from cluster.layout import NoIndexError, current_version
 from cluster.storage import StorageError, Store
 from index.explain import Explainer, Explanation, NoAttributesError, Profile, UnscoredError
@@ -37,7 +37,6 @@ from index.versions import item_titles, load_index, version_manifest
 from srs.published import NoModelError, find_model
 
 log = logging.getLogger(__name__)
-TOKEN_ENV = "GUIDEDREC_TOKEN"
 MAX_BODY_BYTES = 1 << 20   # a /search body with a 4,096-dim vector is about 100 kB of JSON
 _TOO_LARGE = f"the request body is larger than {MAX_BODY_BYTES} bytes"
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -179,14 +178,28 @@ class ItemsResponse(BaseModel):
     items: list[ScoredItem]
 
 
+def _whole_float(value):
+    """42.0 is the integer 42 in JSON (and in the schema's `integer`); true, "3" and 4.5 stay refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# A request's `k`: strict, but an integer as JSON counts them.
+Count = Annotated[int, BeforeValidator(_whole_float)]
+
+
 class _Request(BaseModel):
     """Strict: `k: true` or `"3"` is refused, not coerced (create_app adds `k`, bounded by serve.max_k)."""
 
     model_config = ConfigDict(strict=True)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 class SearchRequest(_Request):
-    vector: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(min_length=1)
+    vector: list[Annotated[float, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]] = Field(
+        min_length=1, description="As many values as the served index has dims (GET /healthz), each a float32; "
+        "not all zeros on a cosine index.")
     exclude: list[str] = Field(default_factory=list, description="Item ids to leave out.")
 
 
@@ -314,8 +327,8 @@ def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
     api = APIRouter(dependencies=[Depends(HTTPBearer())] if token else [],
                     responses={code: r for code, r in API_ERRORS.items() if token or code != "401"})
     k_field = Field(min(10, cfg.max_k), ge=1, le=cfg.max_k, description="How many items (at most serve.max_k).")
-    Search = create_model("SearchRequest", __base__=SearchRequest, k=(int, k_field))
-    Recommend = create_model("RecommendRequest", __base__=RecommendRequest, k=(int, k_field))
+    Search = create_model("SearchRequest", __base__=SearchRequest, k=(Count, k_field))
+    Recommend = create_model("RecommendRequest", __base__=RecommendRequest, k=(Count, k_field))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -358,18 +371,18 @@ def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
             raise HTTPException(404, f"{e.args[0]} (version {snap.version})") from None
         return ItemsResponse(version=snap.version, items=_scored(snap, found[0], scores[0], excluded, k))
 
-    @api.post("/search")
+    @api.post("/search", responses=_problems(**{
+        "409": "The vector does not fit the served index: another length than its dims, or all zeros on a cosine "
+               "index."}))
     def search(req: Search) -> ItemsResponse:
         """The k nearest items of a raw vector in the index's embedding space."""
         snap = served()
+        # A vector of the schema that does not fit the index served now (which a swap can change): 409.
         if len(req.vector) != snap.index.dims:
-            raise HTTPException(422, f"vector has {len(req.vector)} dims, index {snap.version} expects {snap.index.dims}")
-        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused just below
-            vector = np.asarray(req.vector, dtype=np.float32)
-        if not np.isfinite(vector).all():
-            raise HTTPException(422, "vector values must fit in float32")
+            raise HTTPException(409, f"vector has {len(req.vector)} dims, index {snap.version} expects {snap.index.dims}")
+        vector = np.asarray(req.vector, dtype=np.float32)
         if snap.index.metric == "cosine" and not vector.any():
-            raise HTTPException(422, "a zero vector has no cosine direction")
+            raise HTTPException(409, f"a zero vector has no cosine direction (index {snap.version} is cosine)")
         excluded = set(req.exclude)
         found, scores = snap.index.search(vector, req.k + len(excluded))
         return ItemsResponse(version=snap.version, items=_scored(snap, found[0], scores[0], excluded, req.k))

@@ -13,7 +13,9 @@ import typer
 
 from catalog.loaders import PUBLIC_DATASETS
 from cluster import Config, ConfigError, StorageError, load_config
-from cluster.runtime import alive_nodes, check_shared_storage, init_ray, joins_cluster, under_ray_job
+from cluster.config import export_secrets
+from cluster.runtime import (alive_nodes, check_cluster_credentials, check_shared_storage, init_ray, joins_cluster,
+                             under_ray_job)
 
 DATASET_HELP = ("Catalog to use (overrides dataset.name): synthetic, ml-100k, amazon-beauty or amazon-scientific-mini "
                 "(read from $DATA_ROOT), or a directory of items + interactions files (README: 'Your own catalog')")
@@ -30,7 +32,8 @@ class Interrupted(Exception):
 
 def job_config(config: Path | None, verbose: bool, overrides: dict | None = None, out: str | None = None) -> Config:
     """Every job's start: its config with the command line's overrides, refused here rather than halfway through
-    when its storage (or `out`, a job's own output URI) or data would be out of reach of where it runs."""
+    when its storage (or `out`, a job's own output URI), data or credentials would be out of reach of where it
+    runs. Returned without its credentials, which go to this process's environment (cluster.config.export_secrets)."""
     cfg = load_config(config, overrides)
     cfg.ray.verbose |= verbose
     if under_ray_job() and (paths := relative_paths(cfg, out)):
@@ -40,7 +43,8 @@ def job_config(config: Path | None, verbose: bool, overrides: dict | None = None
     if joins_cluster(cfg.ray):
         init_ray(cfg.ray)
         check_shared_storage(cfg.storage, alive_nodes())
-    return cfg
+        check_cluster_credentials(cfg.storage)
+    return export_secrets(cfg)
 
 
 def relative_paths(cfg: Config, out: str | None = None) -> list[str]:

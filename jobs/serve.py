@@ -9,6 +9,7 @@ version or a newly trained model is picked up within serve.poll_seconds, no rest
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import faiss
@@ -19,7 +20,8 @@ from fastapi import FastAPI
 from ray import serve
 
 from cluster import Config, init_ray, load_config, store_from_config
-from cluster.runtime import alive_nodes, check_shared_storage
+from cluster.config import TOKEN_ENV, without_secrets
+from cluster.runtime import alive_nodes, check_cluster_credentials, check_shared_storage
 from index import create_app
 from jobs.runner import VERBOSE, job_config
 
@@ -28,9 +30,19 @@ DEPLOYMENT = "guidedrec"   # the name a Serve config (cluster/deploy/rayservice.
 
 
 def ray_serve_app(cfg: Config) -> serve.Application:
-    """The app as a Ray Serve deployment: each replica builds it (and its storage poller) itself."""
+    """The app as a Ray Serve deployment: each replica builds it (and its storage poller) itself, from the config
+    without its credentials (Ray pickles the app into its store): a replica reads the token and the S3 keys from
+    its own environment, which a Ray started by `guidedrec serve` inherits (jobs.runner.job_config put them there).
+    A replica that would serve without the token this side has refuses to start."""
+    public = without_secrets(cfg)
+    token_required = cfg.serve.token is not None or bool(os.environ.get(TOKEN_ENV))
+
     def build() -> FastAPI:
-        return create_app(store_from_config(cfg), cfg.serve)
+        if token_required and not os.environ.get(TOKEN_ENV):
+            raise RuntimeError(f"the service requires a bearer token, and this Ray Serve replica has no ${TOKEN_ENV} "
+                               "in its environment: set it on every Ray node (cluster/deploy/rayservice.yaml takes "
+                               "it from a Kubernetes Secret)")
+        return create_app(store_from_config(public), public.serve)
 
     deployment = serve.deployment(serve.ingress(build)(), name=DEPLOYMENT,
                                   ray_actor_options={"num_cpus": REPLICA_CPUS})
@@ -42,6 +54,7 @@ def app_builder(args: dict) -> serve.Application:
     ray_config.yaml to serve. Its replicas may land on any node, so the store must be one they all reach."""
     cfg = load_config(args.get("config"))
     check_shared_storage(cfg.storage, alive_nodes())
+    check_cluster_credentials(cfg.storage)
     return ray_serve_app(cfg)
 
 

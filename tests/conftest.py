@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
 
+# The session S3 server's keys. Ray's workers read S3 keys from their environment only (cluster.config.SECRET_ENV),
+# which the session's Ray inherits from this process; the secret is a marker test_secrets looks for everywhere.
+S3_ACCESS_KEY, S3_SECRET = "guidedrec-test-key", f"guidedrec-secret-{uuid.uuid4().hex}"
+os.environ.update(AWS_ACCESS_KEY_ID=S3_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -42,7 +47,7 @@ def s3_server(tmp_path_factory):
     """A real S3-compatible server (SeaweedFS `weed mini`) on 127.0.0.1, always stopped."""
     from tests.s3_server import SeaweedServer
 
-    with SeaweedServer(tmp_path_factory.mktemp("weed")) as server:
+    with SeaweedServer(tmp_path_factory.mktemp("weed"), access_key=S3_ACCESS_KEY, secret_key=S3_SECRET) as server:
         yield server
 
 

@@ -20,7 +20,7 @@ import yaml
 
 from cluster import load_config
 from cluster.runtime import check_shared_storage
-from index.service import TOKEN_ENV
+from cluster.config import TOKEN_ENV
 from jobs.runner import relative_paths
 from tests.conftest import REPO
 

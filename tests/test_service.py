@@ -16,10 +16,13 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
+import schemathesis
 import torch
 import uvicorn
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
 from safetensors.torch import save as save_safetensors
+from schemathesis import GenerationMode
 
 from cluster.config import IndexConfig, ServeConfig, SRSConfig
 from cluster.layout import is_version
@@ -35,6 +38,7 @@ RUN = "run-a"
 N_ITEMS, DIMS = 300, 16
 TINY = SRSConfig(hidden_size=16, num_layers=1, num_heads=1, max_len=8, dropout=0.1, pca_dim=8)
 MAX_K = 50
+FUZZ_TOKEN, FUZZ_CASES = "fuzz-token", 1000   # cases per generation mode over all operations: seconds each
 
 
 def publish_random_model(store: Store, run: str, source: str, item_ids: list[str], cfg: SRSConfig = TINY,
@@ -210,13 +214,14 @@ def test_republishing_never_changes_the_files_of_a_loaded_version(tmp_path):
     ("get", "/items/item-00001/similar?k=0", None, 422, "greater than or equal to 1"),
     ("get", f"/items/item-00001/similar?k={MAX_K + 1}", None, 422, f"less than or equal to {MAX_K}"),
     ("get", "/items/item-00001/similar?k=ten", None, 422, "valid integer"),
-    ("post", "/search", {"vector": [0.1] * 4}, 422, "vector has 4 dims, index"),
+    ("post", "/search", {"vector": [0.1] * 4}, 409, "vector has 4 dims, index"),
     ("post", "/search", {"vector": []}, 422, "at least 1 item"),
-    ("post", "/search", {"vector": [0.0] * DIMS}, 422, "zero vector has no cosine direction"),
-    ("post", "/search", {"vector": [1e39] * DIMS}, 422, "must fit in float32"),
+    ("post", "/search", {"vector": [0.0] * DIMS}, 409, "zero vector has no cosine direction"),
+    ("post", "/search", {"vector": [1e39] * DIMS}, 422, "less than or equal to 34028234663852886"),
     ("post", "/search", {"vector": [1.0] * DIMS, "k": 500}, 422, f"less than or equal to {MAX_K}"),
     ("post", "/search", {"vector": [1.0] * DIMS, "k": True}, 422, "valid integer"),   # was coerced to k=1
     ("post", "/search", {"vector": [1.0] * DIMS, "k": "3"}, 422, "valid integer"),
+    ("post", "/search", {"vector": [1.0] * DIMS, "k": 4.5}, 422, "valid integer"),   # 4.0 is JSON's 4: accepted
     ("post", "/search", {"vector": ["1.0"] * DIMS}, 422, "valid number"),
     ("post", "/search", {"k": 3}, 422, "vector"),
     ("post", "/recommend", {"items": []}, 422, "at least 1 item"),
@@ -255,7 +260,7 @@ def test_cosine_search_ranks_extreme_vectors_by_direction(client, tiny, huge):
 def test_openapi_states_every_error_and_the_k_limit(world):
     app = create_app(world.store, ServeConfig(max_k=MAX_K, token="t"))
     paths = TestClient(app).get("/openapi.json").json()["paths"]
-    for path, method, codes in [("/search", "post", {"400", "401", "413", "422", "503"}),
+    for path, method, codes in [("/search", "post", {"400", "401", "409", "413", "422", "503"}),
                                 ("/recommend", "post", {"404", "409", "422"}),
                                 ("/items/{item_id}/similar", "get", {"401", "404", "422"})]:
         responses = paths[path][method]["responses"]
@@ -265,6 +270,24 @@ def test_openapi_states_every_error_and_the_k_limit(world):
     assert similar_k["schema"]["maximum"] == MAX_K
     open_paths = TestClient(create_app(world.store, ServeConfig())).get("/openapi.json").json()["paths"]
     assert "401" not in open_paths["/search"]["post"]["responses"]
+
+
+@pytest.mark.parametrize("mode", list(GenerationMode))
+def test_fuzzed_requests_meet_the_published_contract(world, mode):
+    """schemathesis against /openapi.json, in process: requests to every operation generated to fit the schema
+    (positive) or to break it (negative), each answer put through every built-in check (status codes, content
+    types, headers and bodies as the schema states them, invalid data refused, valid data accepted, a request
+    without the token refused), no failure."""
+    app = create_app(world.store, ServeConfig(max_k=MAX_K, token=FUZZ_TOKEN))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+
+    @given(case=schema.as_strategy(mode))
+    @settings(max_examples=FUZZ_CASES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    def fuzz(case):
+        case.call_and_validate(headers={"Authorization": f"Bearer {FUZZ_TOKEN}"})
+
+    fuzz()
 
 
 def test_body_size_is_limited(client):
@@ -461,6 +484,25 @@ def test_ray_serve_hosts_the_same_app(ray_local, world):
             body = http.get(f"/items/{item}/similar", params={"k": 5}).json()
             assert [r["item_id"] for r in body["items"]] == [n.item_id for n in similar_items(world.store, item, 5)]
             assert http.post("/recommend", json={"items": ["ghost"]}).status_code == 404
+    finally:
+        serve.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_serve_replica_without_the_token_refuses_to_start(ray_local, world):
+    """The token never goes to Ray inside the app: a replica reads $GUIDEDREC_TOKEN, which this session's Ray
+    does not have, so it refuses to start rather than serve without auth."""
+    from ray import serve
+
+    from cluster.config import Config
+    from jobs.serve import DEPLOYMENT, ray_serve_app
+
+    cfg = Config.model_validate({"storage": {"uri": world.store.uri}, "serve": {"token": "s3cret"}})
+    try:
+        with pytest.raises(RuntimeError, match="Deploying application guidedrec-no-token failed"):
+            serve.run(ray_serve_app(cfg), name="guidedrec-no-token", route_prefix="/")
+        why = serve.status().applications["guidedrec-no-token"].deployments[DEPLOYMENT].message
+        assert "this Ray Serve replica has no $GUIDEDREC_TOKEN" in why
     finally:
         serve.shutdown()
 
