@@ -51,8 +51,9 @@ def test_credentials_leave_a_config_only_for_the_environment(s3_server, tmp_path
     cfg = load_config(path)
     assert s3_server.secret_key not in repr(cfg) and token not in repr(cfg)
     assert all(s3_server.secret_key not in str(v) for v in without_secrets(cfg).model_dump()["storage"]["s3"].values())
-    for env in SECRET_ENV.values():
-        monkeypatch.delenv(env, raising=False)
+    for env in SECRET_ENV.values():   # set, then deleted: monkeypatch restores only what it saw (export_secrets
+        monkeypatch.setenv(env, "")     # must not leave a token behind for the tests that follow)
+        monkeypatch.delenv(env)
     public = export_secrets(cfg)
     assert public.storage.s3.secret_key is public.storage.s3.access_key is public.serve.token is None
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == s3_server.secret_key and os.environ["GUIDEDREC_TOKEN"] == token
