@@ -15,6 +15,9 @@ from cluster.storage import Store
 from tests.ray_cluster import RayCluster, run_job, submit, wait_job
 
 RUN = "embeddings/synthetic-smollm2-base"
+# Ray Data's own setting: start embedding once both engines are up. The worker node's engine starts later (its
+# node first unpacks the job's working dir), and the head's alone could otherwise embed every block before it.
+ENGINES_UP = {"RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "600"}
 SETTINGS = {
     "ray": {"address": "auto"},
     "dataset": {"name": "synthetic", "synthetic_items": 120, "synthetic_users": 150},
@@ -56,7 +59,7 @@ def embedded(two_nodes, cluster_config):
     from ray.job_submission import JobStatus
 
     config, store = cluster_config("spread")
-    status, logs = run_job(two_nodes.client(), config, "jobs.embed")
+    status, logs = run_job(two_nodes.client(), config, "jobs.embed", env=ENGINES_UP)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     return config, store, store.manifest(RUN)
 
@@ -108,7 +111,7 @@ def test_losing_the_worker_node_mid_embedding_still_commits_every_item_once(two_
 
     config, store = cluster_config("kill", items=200)
     client, worker = two_nodes.client(), two_nodes.node_id("worker_node")
-    job = submit(client, config, "jobs.embed")
+    job = submit(client, config, "jobs.embed", env=ENGINES_UP)
     while not [a for a in list_actors(address=two_nodes.dashboard, filters=[("node_id", "=", worker),
                                                                            ("state", "=", "ALIVE")])
                if "BlockEmbedder" in a.class_name]:
