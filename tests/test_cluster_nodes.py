@@ -40,9 +40,10 @@ def two_nodes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster_config(s3_server, tmp_path_factory):
-    """Write a job config whose storage is `prefix` in the S3 bucket; returns (its path, the Store)."""
+    """Write a job config whose storage is `prefix` in the S3 bucket; returns (its path, the Store). The keys are
+    not in it: the nodes, like this process, have them in their environment (tests/conftest.py)."""
     folder = tmp_path_factory.mktemp("configs")
-    s3 = {"endpoint": s3_server.endpoint, "access_key": s3_server.access_key, "secret_key": s3_server.secret_key}
+    s3 = {"endpoint": s3_server.endpoint}
 
     def write(prefix: str, items: int = 120):
         uri = f"s3://{s3_server.bucket}/nodes/{prefix}"
