@@ -18,7 +18,9 @@ cold-item protocol (srs.cold_items): a seeded share F of the items never reaches
 validation, and cold/ and warm/ metrics (by the test target's kind) are reported beside the rest.
 
 Training runs through Ray Train (srs.train, runner "ray") or, with --in-process, in this process on
-its best device without Ray (runner "local"; each epoch's line is printed as it ends).
+its best device without Ray (runner "local"; each epoch's line is printed as it ends). With
+RAY_ADDRESS=<head host:port> it joins that running cluster instead of starting Ray (`--set num_workers=2`:
+two Ray Train workers); its checkpoints go to a local temporary folder, so the nodes must share this disk.
 `--save-inputs F.npz` writes what a run reads (split sequences, item ids, the source's matrices as
 float16) and exits; `--inputs F.npz` runs from such a file instead of the catalog and store:
 together they run the benchmark on a machine that has neither (a lone GPU box without Ray).

@@ -20,7 +20,6 @@ from cluster.runtime import init_ray, node_cpus
 from cluster.storage import Store
 from llm.adapters import check_adapter
 from llm.attributes import attributes_for, raw_scores
-from llm.engines import pick_engine
 from llm.stages import BlockEmbedder, count_blocks, part_name
 
 
@@ -41,7 +40,8 @@ def embed_items(cfg: Config, store: Store, items_rel: str, run: str, domain: str
     rows are user profile prompts (catalog.profile_prompts), of which only the `attributes` are scored.
 
     Returns timings: start-up (until the first block is done, less its compute) apart from the
-    steady-state items/s measured between block completions."""
+    steady-state items/s measured between block completions; how many blocks each Ray node embedded, and
+    with which engine (the actors' choice: on a cluster the driver's node may have no GPU)."""
     import ray
     from tqdm import tqdm
 
@@ -59,7 +59,7 @@ def embed_items(cfg: Config, store: Store, items_rel: str, run: str, domain: str
              if part_name(b, a or None) not in done]
     total = sum(blocks) * len(names)
     if not tasks:
-        return {"embedded": 0, "startup_s": 0.0, "steady_items_s": None}
+        return {"embedded": 0, "startup_s": 0.0, "steady_items_s": None, "blocks_by_node": {}, "engine": None}
     started = time.perf_counter()
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
     ds = ds.map_batches(
@@ -73,19 +73,21 @@ def embed_items(cfg: Config, store: Store, items_rel: str, run: str, domain: str
         **_actor_resources(cfg),
     )
     initial = total - sum(blocks[t["block"]] for t in tasks)
-    arrivals, rows, first_compute = [], [], 0.0
+    arrivals, rows, first_compute, nodes, engines = [], [], 0.0, Counter(), set()
     with tqdm(total=total, initial=initial, unit="item", desc="embed", mininterval=2, smoothing=0.1) as bar:
         for row in ds.iter_rows():
             arrivals.append(time.perf_counter())
             rows.append(int(row["rows"]))
             first_compute = first_compute or float(row["seconds"])
+            nodes[row["node"]] += 1
+            engines.add(row["engine"])
             bar.update(rows[-1])
     # From when the first block began computing to the last result: never shorter than one block's work,
     # so blocks finishing together cannot inflate the rate.
     compute_started = arrivals[0] - first_compute
     steady = sum(rows) / (arrivals[-1] - compute_started)
     return {"embedded": sum(rows), "startup_s": round(compute_started - started, 2),
-            "steady_items_s": round(steady, 2)}
+            "steady_items_s": round(steady, 2), "blocks_by_node": dict(nodes), "engine": ",".join(sorted(engines))}
 
 
 def commit_run(cfg: Config, store: Store, run: str, *, catalog_rel: str, expected_rows: int, started: float,
@@ -105,7 +107,7 @@ def commit_run(cfg: Config, store: Store, run: str, *, catalog_rel: str, expecte
     seconds = time.time() - started
     summary = {
         "run": run, "uri": store.full_uri(run_dir(run)), "catalog": catalog_rel, "model": cfg.model.path,
-        "engine": pick_engine(cfg.model), "adapters": sorted({a for a in table["adapter"].to_pylist() if a}),
+        "adapters": sorted({a for a in table["adapter"].to_pylist() if a}),
         "parent": parent, "rows": table.num_rows, "seconds": round(seconds, 2),
         f"{key.removesuffix('_id')}s_per_s": round(table.num_rows / seconds, 2), "parts": parts,
     }

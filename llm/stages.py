@@ -204,6 +204,7 @@ class BlockEmbedder:
         engine = build_engine(model_cfg, threads)
         tuned = {name: Adapter(name, path, i + 1) for i, (name, path) in enumerate(sorted(adapters.items()))}
         self.store, self.items_rel, self.users, self.model = store, items_rel, users, model_cfg.path
+        self.engine = engine.name
         scoring = [ScoreAttributes(engine, tuned, attributes)] if attributes else []
         if users:
             self.stages = [*scoring, WritePart(store, out_rel, profile_schema(len(attributes)))]
@@ -213,8 +214,11 @@ class BlockEmbedder:
 
     def __call__(self, tasks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Tasks (block, adapter; adapter '' = the base model) -> one result row each: block, adapter,
-        rows, truncated, seconds."""
-        results = {"block": [], "adapter": [], "rows": [], "truncated": [], "seconds": []}
+        rows, truncated, seconds, and the Ray node and engine that embedded it."""
+        import ray
+
+        results = {"block": [], "adapter": [], "rows": [], "truncated": [], "seconds": [], "node": [], "engine": []}
+        node = ray.get_runtime_context().get_node_id()
         for block, adapter in zip(tasks["block"].tolist(), tasks["adapter"].tolist()):
             started = time.perf_counter()
             batch = self.read(int(block), adapter or None)
@@ -222,7 +226,8 @@ class BlockEmbedder:
                 batch = stage(batch)
             truncated = sum(batch.get("truncated", []))   # profile prompts are cut inside score_request
             for key, value in (("block", block), ("adapter", adapter), ("rows", len(batch["part"])),
-                               ("truncated", truncated), ("seconds", time.perf_counter() - started)):
+                               ("truncated", truncated), ("seconds", time.perf_counter() - started),
+                               ("node", node), ("engine", self.engine)):
                 results[key].append(value)
         return {k: np.asarray(v) for k, v in results.items()}
 

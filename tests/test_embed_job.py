@@ -44,6 +44,8 @@ def test_one_row_per_item_in_one_part_per_block(embedded):
     assert sorted(ids) == sorted(items["item_id"].to_pylist()) and len(ids) == items.num_rows
     assert manifest["rows"] == items.num_rows and manifest["dims"] == 576 and manifest["adapters"] == []
     assert sorted(manifest["parts"]) == ["part-000000.parquet", "part-000001.parquet", "part-000002.parquet"]
+    assert manifest["engine"] == "hf", "as the actors report it"
+    assert list(manifest["blocks_by_node"].values()) == [3], "one Ray node embedded the three blocks"
     table = store.read_parquet(f"embeddings/{summary['run']}")
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 576)
     assert set(table["model"].to_pylist()) == {"smollm2"} and set(table["adapter"].to_pylist()) == {None}
@@ -143,6 +145,7 @@ def test_resume_embeds_only_missing_blocks_and_reproduces_the_run(embedded, tmp_
     assert resumed["parts"] == summary["parts"], "the same bytes as the uninterrupted run"
     missing = crashed.read_parquet(f"{run_dir}/part-000001.parquet").num_rows
     assert resumed["rows"] == summary["rows"] and resumed["embedded"] == missing < summary["rows"]
+    assert list(resumed["blocks_by_node"].values()) == [1], "only the missing block was embedded now"
     assert crashed.read_bytes(f"{run_dir}/part-000000.parquet") == marker
 
 
