@@ -81,10 +81,9 @@ def catalog_file(name: str, kind: str = "items") -> str:
 
 
 def run_name(cfg: Config, adapters: dict[str, str] | None = None, attributes: bool = False) -> str:
-    """embed.run, or <dataset>-<model>-<adapters or base>[-attrs]."""
-    if cfg.embed.run:
-        return cfg.embed.run
-    name = f"{catalog_name(cfg)}-{Path(cfg.model.path).name}-{'+'.join(sorted(adapters)) if adapters else 'base'}"
+    """embed.run, or <dataset>-<model>-<adapters or base>; -attrs beside it for attribute scores."""
+    variant = "+".join(sorted(adapters)) if adapters else "base"
+    name = cfg.embed.run or f"{catalog_name(cfg)}-{Path(cfg.model.path).name}-{variant}"
     return attributes_run(name) if attributes else name
 
 
@@ -190,6 +189,17 @@ def read_parts(store: Store, run: str, names: list[str] | None = None,
     return pa.concat_tables(tables), hashes
 
 
+REPAIR = "`guidedrec embed --resume` with the run's options re-embeds only those blocks"
+
+
+def damaged_parts(store: Store, run: str) -> list[str]:
+    """The parts a committed run's manifest lists that are now missing or whose bytes changed."""
+    rel = run_dir(run)
+    parts, present = store.manifest(rel).get("parts") or {}, set(store.list(rel))
+    return [name for name, digest in sorted(parts.items())
+            if name not in present or hashlib.sha256(store.read_bytes(f"{rel}/{name}")).hexdigest() != digest]
+
+
 def read_committed_run(store: Store, run: str, columns: list[str] | None = None) -> tuple[pa.Table, dict]:
     """(rows, manifest) of a committed run: exactly the parts its manifest lists, each checked
     against its recorded hash, and the row count against the manifest's."""
@@ -198,11 +208,14 @@ def read_committed_run(store: Store, run: str, columns: list[str] | None = None)
     parts = manifest.get("parts")
     if not parts:
         raise StorageError(f"{store.full_uri(rel)}: its manifest lists no part files")
+    if missing := sorted(parts.keys() - set(store.list(rel))):
+        raise StorageError(f"{store.full_uri(rel)}: part {missing[0]} is missing ({len(missing)} of {len(parts)} "
+                           f"committed parts): {REPAIR}")
     table, hashes = read_parts(store, run, sorted(parts), columns)
     changed = [name for name in sorted(parts) if hashes[name] != parts[name]]
     if changed:
         raise StorageError(f"{store.full_uri(rel)}: part {changed[0]} differs from the one committed "
-                           f"({len(changed)} changed): re-embed with --overwrite")
+                           f"({len(changed)} changed): {REPAIR}")
     if table.num_rows != manifest.get("rows", table.num_rows):
         raise StorageError(f"{store.full_uri(rel)}: {table.num_rows} rows, the manifest says {manifest['rows']}")
     return table, manifest

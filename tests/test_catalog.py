@@ -337,6 +337,16 @@ def test_json_object_text_is_stored_as_json(tmp_path):
     assert json.loads(items[0]["title"]) == {"en": "Tent", "de": "Zelt"} and items[1]["specs"] is None
 
 
+def test_a_named_run_keeps_its_attribute_scores_beside_it():
+    """With embed.run set, the embeddings and the attribute scores were committed as one run name."""
+    from cluster.config import load_config
+    from cluster.layout import run_name, users_run
+
+    cfg = load_config(None, {"embed.run": "shop-v2"})
+    assert run_name(cfg) == "shop-v2" and run_name(cfg, attributes=True) == "shop-v2-attrs"
+    assert users_run(run_name(cfg, attributes=True)) == "shop-v2-attrs-users"
+
+
 def test_folders_of_the_same_name_are_different_catalogs(tmp_path, monkeypatch):
     """/a/shop and /b/shop shared catalog/shop and every run made from it."""
     from cluster.config import load_config
