@@ -155,6 +155,9 @@ class Store:
         tables = [self._io("read", n, read, n) for n in names]
         return pa.concat_tables(tables)
 
+    def delete_file(self, rel: str) -> None:
+        self._io("delete", rel, self.fs.delete_file, self.path(rel))
+
     def delete_dir(self, rel: str) -> None:
         if self.exists(rel):
             self._io("delete", rel, self.fs.delete_dir, self.path(rel))

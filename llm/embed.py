@@ -7,17 +7,21 @@ and `resume` embeds only the blocks whose part is missing.
 """
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 
 import pyarrow.compute as pc
 
 from catalog import profile_prompts
 from catalog.publish import ensure_catalog
 from cluster.config import Config
-from cluster.layout import catalog_file, catalog_name, read_parts, run_dir, run_name, users_run
+from cluster.layout import (REPAIR, catalog_file, catalog_name, damaged_parts, read_parts, run_dir, run_name,
+                            users_run)
 from cluster.runtime import init_ray, node_cpus
-from cluster.storage import Store
+from cluster.storage import StorageError, Store
 from llm.adapters import check_adapter
 from llm.attributes import attributes_for, raw_scores
 from llm.stages import BlockEmbedder, count_blocks, part_name
@@ -29,6 +33,27 @@ def _actor_resources(cfg: Config) -> dict:
         return {"num_gpus": cfg.embed.gpus_per_actor, "num_cpus": min(cfg.embed.cpus_per_actor, 1.0)}
     free = max(node_cpus() - 1.0, 0.5)
     return {"num_cpus": min(cfg.embed.cpus_per_actor, free / cfg.embed.actors)}
+
+
+@contextmanager
+def _ctrl_c_remembered():
+    """An Event set by Ctrl-C (which still raises KeyboardInterrupt): Ray Data's streaming loop swallows some
+    landings of SIGINT and goes on, so the block loop checks the Event too and never commits after Ctrl-C."""
+    pressed = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+        yield pressed   # only the main thread gets signals
+        return
+
+    def handler(signum, frame):
+        pressed.set()
+        (previous if callable(previous) else signal.default_int_handler)(signum, frame)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def embed_items(cfg: Config, store: Store, items_rel: str, run: str, domain: str,
@@ -74,14 +99,19 @@ def embed_items(cfg: Config, store: Store, items_rel: str, run: str, domain: str
     )
     initial = total - sum(blocks[t["block"]] for t in tasks)
     arrivals, rows, first_compute, nodes, engines = [], [], 0.0, Counter(), set()
-    with tqdm(total=total, initial=initial, unit="item", desc="embed", mininterval=2, smoothing=0.1) as bar:
+    with (_ctrl_c_remembered() as pressed,
+          tqdm(total=total, initial=initial, unit="item", desc="embed", mininterval=2, smoothing=0.1) as bar):
         for row in ds.iter_rows():
+            if pressed.is_set():
+                raise KeyboardInterrupt
             arrivals.append(time.perf_counter())
             rows.append(int(row["rows"]))
             first_compute = first_compute or float(row["seconds"])
             nodes[row["node"]] += 1
             engines.add(row["engine"])
             bar.update(rows[-1])
+        if pressed.is_set():
+            raise KeyboardInterrupt
     # From when the first block began computing to the last result: never shorter than one block's work,
     # so blocks finishing together cannot inflate the rate.
     compute_started = arrivals[0] - first_compute
@@ -133,13 +163,30 @@ def _attribute_stats(table, names: list[str]) -> dict:
     return {"names": names, "mean": raw.mean(0).tolist(), "std": raw.std(0).tolist(), "unscored": dict(unscored)}
 
 
+def _needs_embedding(store: Store, run: str, overwrite: bool, resume: bool) -> bool:
+    """False for a committed run whose parts are all as committed. A committed run that lost or changed
+    parts is refused, or with `resume` repaired: its changed parts are deleted, and only the missing
+    blocks are embedded again before it is committed anew."""
+    rel = run_dir(run)
+    if overwrite or not store.is_committed(rel):
+        return True
+    damaged = damaged_parts(store, run)
+    if damaged and not resume:
+        raise StorageError(f"embeddings run {store.full_uri(rel)} is committed, but its part {damaged[0]} is missing "
+                           f"or changed ({len(damaged)} damaged): {REPAIR}")
+    for name in damaged:
+        if store.exists(f"{rel}/{name}"):
+            store.delete_file(f"{rel}/{name}")
+    return bool(damaged)
+
+
 def embed_catalog(cfg: Config, store: Store, overwrite: bool = False, adapters: dict[str, str] | None = None,
                   resume: bool = False, attributes: bool = False) -> tuple[dict, bool]:
     """Embed the configured catalog (publishing it first if needed; with `attributes`, also score the
     GER attributes) and commit the run. Returns (its manifest, whether it was embedded now): a
-    committed run is left as it is unless `overwrite`."""
+    committed run is left as it is unless `overwrite`, or repaired with `resume` (_needs_embedding)."""
     run = run_name(cfg, adapters, attributes)
-    if store.is_committed(run_dir(run)) and not overwrite:
+    if not _needs_embedding(store, run, overwrite, resume):
         return store.manifest(run_dir(run)), False
     started = time.time()
     cat = ensure_catalog(cfg, store)
@@ -158,7 +205,7 @@ def embed_users(cfg: Config, store: Store, overwrite: bool = False, adapters: di
     training items) on the attributes, as run <attributes run>-users; same as embed_catalog otherwise.
     A user with no training items gets null scores and the reason."""
     run = users_run(run_name(cfg, adapters, attributes=True))
-    if store.is_committed(run_dir(run)) and not overwrite:
+    if not _needs_embedding(store, run, overwrite, resume):
         return store.manifest(run_dir(run)), False
     started = time.time()
     cat = ensure_catalog(cfg, store)
