@@ -37,8 +37,8 @@ def _actor_resources(cfg: Config) -> dict:
 
 @contextmanager
 def _ctrl_c_remembered():
-    """An Event set by Ctrl-C (which still raises KeyboardInterrupt): Ray Data's streaming loop swallows some
-    landings of SIGINT and goes on, so the block loop checks the Event too and never commits after Ctrl-C."""
+    """An Event set by Ctrl-C (which still raises KeyboardInterrupt): the block loop checks it too, so a
+    KeyboardInterrupt caught inside Ray Data's iterator can never let the run commit after Ctrl-C."""
     pressed = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:

@@ -86,19 +86,20 @@ def test_ctrl_c_never_exits_0_without_a_committed_run(ray_local, tmp_path):
 
 @pytest.mark.slow
 def test_resume_repairs_a_committed_run_that_lost_a_part(reference, ray_local, tmp_path):
-    """A committed run with a part deleted used to be "already committed: nothing to do". Now embed refuses
-    it naming the part, and --resume re-embeds only that block, back to the very bytes committed."""
+    """A committed run with a part deleted (or overwritten) used to be "already committed: nothing to do". Now
+    embed refuses it naming the part, and --resume re-embeds only those blocks, back to the very bytes committed."""
     root = reference["uri"].removesuffix("/" + RUN)
     shutil.copytree(root, tmp_path / "store")
     store = Store(str(tmp_path / "store"))
     cfg = load_config(None, {"storage.uri": str(tmp_path / "store"), "dataset.synthetic_items": 96,
                              "dataset.synthetic_users": 150, "embed.batch_size": 8, "embed.block_size": 8})
-    lost = sorted(reference["parts"])[3]
+    lost, changed = sorted(reference["parts"])[3:5]
     store.delete_file(f"{RUN}/{lost}")
-    with pytest.raises(StorageError, match=f"part {lost} is missing or changed .*--resume"):
+    store.write_bytes(f"{RUN}/{changed}", store.read_bytes(f"{RUN}/{sorted(reference['parts'])[0]}"))
+    with pytest.raises(StorageError, match=f"part {lost} is missing or changed \\(2 damaged\\).*--resume"):
         run_embed(cfg, store)
     repaired = run_embed(cfg, store, resume=True)
-    assert repaired["embedded"] == 8 and repaired["parts"] == reference["parts"]
+    assert repaired["embedded"] == 16 and repaired["parts"] == reference["parts"]
     assert run_embed(cfg, store, resume=True) == repaired, "an intact run is left as committed"
 
 
