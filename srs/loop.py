@@ -120,8 +120,10 @@ def fit(
     dataset = TensorDataset(torch.tensor(data.train_inputs), torch.tensor(data.train_targets))  # ray.get's arrays are read-only
     # Each rank's shuffled share of the rows, the same size on every rank (as DDP needs), in plain random batches:
     # batches grouped by length saved padding but lost 13% HR@10 on Beauty (benchmarks/RESULTS.md).
+    # srs.batch_size is the global batch: a per-worker batch of it all would halve the steps of two workers and
+    # cost 12% HR@10 on ml-100k (benchmarks/NOTEBOOK.md "Session 24").
     rows = DistributedSampler(dataset, num_replicas=worker.world_size, rank=rank, seed=cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=rows)
+    loader = DataLoader(dataset, batch_size=-(-cfg.batch_size // worker.world_size), sampler=rows)
     negatives = torch.Generator(device=device).manual_seed(cfg.seed + rank)
     known_items = torch.arange(1, data.n_items + 1, device=device)
     if data.cold is not None:   # items training never sees: no negatives, no softmax candidates
