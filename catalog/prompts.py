@@ -65,13 +65,15 @@ def content_hash(item: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode("ascii")).hexdigest()
 
 
+def item_name(row: dict) -> str:
+    """What names an item in a text: its first attribute with text (usually its title), else its id."""
+    texts = [clean_text(v) for k, v in row.items() if k not in RESERVED_COLUMNS]
+    return next((t for t in texts if t), row["item_id"])
+
+
 def history_text(rows: list[dict], domain: str) -> str:
-    """A user's recent items as one text (each item's first attribute, usually its title), oldest first."""
-    names = []
-    for row in rows:
-        texts = [clean_text(v) for k, v in row.items() if k not in RESERVED_COLUMNS]
-        names.append(next((t for t in texts if t), row["item_id"]))
-    return f"A {domain} customer's recent items, oldest first: " + "; ".join(names) + "."
+    """A user's recent items as one text (each item's name), oldest first."""
+    return f"A {domain} customer's recent items, oldest first: " + "; ".join(map(item_name, rows)) + "."
 
 
 def profile_prompts(items: pa.Table, interactions: pa.Table, domain: str, history: int) -> pa.Table:

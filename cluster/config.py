@@ -161,7 +161,8 @@ class SRSConfig(_Section):
     epochs: int = Field(ge=1)
     patience: int = Field(ge=1, description="Epochs without a better validation NDCG@10 before stopping. Think in "
                           "optimizer steps: an ml-100k epoch is 8, and runs there need 40 to outlast validation plateaus.")
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="Sequences per optimizer step, split evenly across the "
+                            "num_workers workers, so more workers give the same training (not a larger batch).")
     lr: float = Field(1e-3, gt=0)
     num_workers: int = Field(1, ge=1, description="Ray Train workers.")
     threads_per_worker: int = Field(1, ge=1)
@@ -259,6 +260,22 @@ class FinetuneConfig(_Section):
         return v
 
 
+class InterpretConfig(_Section):
+    """RecInterpreter (jobs.interpret, `guidedrec describe`): a linear adapter from a frozen published SRS's
+    states to a few input-token embeddings of the frozen LLM (model.path). Steps, batch size and learning rate
+    are finetune's: the interpreter runs in the same fine-tuning loop, training its adapter only."""
+
+    task: Literal["residual", "recovery"] = Field(
+        "residual", description="residual: the states before and after one interaction -> the added item's title; "
+        "recovery: one state -> the titles of its most recent items (--task overrides).")
+    source: str = Field("id", description="Embedding source of the published SRS model (srs.model's backbone, "
+                        "trained by `guidedrec train`) whose states are read.")
+    tokens: int = Field(4, ge=1, le=64, description="LLM input positions one SRS state becomes.")
+    history: int = Field(10, ge=1, description="recovery: most recent items of a history its target lists.")
+    max_new_tokens: int = Field(96, ge=4, le=512, description="Targets are cut to this many tokens; it is "
+                                "recorded with the adapter, and `describe` (CLI and service) generates at most that many.")
+
+
 class Config(_Section):
     ray: RayConfig = RayConfig()
     storage: StorageConfig = StorageConfig()
@@ -269,6 +286,7 @@ class Config(_Section):
     srs: SRSConfig = SRSConfig()
     serve: ServeConfig = ServeConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    interpret: InterpretConfig = InterpretConfig()
 
 
 # Every credential a config may hold, and the environment variable read where the config does not give it. Only

@@ -10,6 +10,7 @@ Under a store's root (local path or s3://bucket/prefix):
     reports/<lineage>/metrics.json        the last training's metrics table
     ray-train/<lineage>/                  Ray Train run state (what a restarted training resumes from)
     adapters/<dataset>-<objective>/       fine-tuned LoRA adapters (the fine-tuning job's default --out)
+    adapters/<lineage>-interpret/         the RecInterpreter adapter over that lineage's SRS models
 
 Every directory is committed by its `_manifest.json`, written last; readers trust only committed
 ones. An embeddings run's manifest lists its part files with their SHA-256, and readers read
@@ -137,7 +138,16 @@ def train_runs_dir(run: str) -> str:
 
 
 def adapter_dir(cfg: Config, objective: str) -> str:
+    """An objective's default adapter directory; the interpreter's is keyed by the SRS lineage it reads."""
+    if objective == "interpret":
+        return interpreter_dir(run_name(cfg))
     return f"{ADAPTERS}/{catalog_name(cfg)}-{objective}"
+
+
+def interpreter_dir(run: str) -> str:
+    """The RecInterpreter adapter over the SRS models of `run`'s lineage: where `guidedrec interpret` writes it
+    by default and where `guidedrec describe` and the service (which know only the served run) look for it."""
+    return f"{ADAPTERS}/{lineage(run)}-interpret"
 
 
 # -- what is live --------------------------------------------------------------------------------

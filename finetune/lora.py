@@ -36,10 +36,9 @@ def causal_lm_path(cfg: ModelConfig, targets: list[str]) -> str:
     return path
 
 
-def lora_model(model_cfg: ModelConfig, ft: FinetuneConfig, device):
-    """(peft model with fresh LoRA weights, tokenizer): B starts at zero, so step 0 is the base model."""
+def causal_lm(model_cfg: ModelConfig, device):
+    """(causal LM of `model_cfg.path` on `device` in the configured dtype, its tokenizer with a pad token)."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -51,7 +50,20 @@ def lora_model(model_cfg: ModelConfig, ft: FinetuneConfig, device):
     on_cpu = torch.device(device).type == "cpu"
     dtype = {"auto": torch.float32 if on_cpu else torch.bfloat16, "float32": torch.float32,
              "bfloat16": torch.bfloat16, "float16": torch.float16}[model_cfg.dtype]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device), tokenizer
+
+
+def frozen_lm(model_cfg: ModelConfig, device):
+    """(causal LM with no trainable weight, in eval mode, tokenizer): for objectives that train only their heads."""
+    model, tokenizer = causal_lm(model_cfg, device)
+    return model.requires_grad_(False).eval(), tokenizer
+
+
+def lora_model(model_cfg: ModelConfig, ft: FinetuneConfig, device):
+    """(peft model with fresh LoRA weights, tokenizer): B starts at zero, so step 0 is the base model."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = causal_lm(model_cfg, device)
     model.config.use_cache = False   # training reads each sequence once: a key/value cache would only hold memory
     config = LoraConfig(r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
                         target_modules=list(ft.lora_targets), task_type="CAUSAL_LM")

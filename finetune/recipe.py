@@ -1,6 +1,6 @@
 """What an objective is, and the context it is prepared in.
 
-An objective (SCFT, GER, TSLRec) supplies only what differs: its training examples (built once
+An objective (SCFT, GER, TSLRec, RecInterpreter) supplies only what differs: its training examples (built once
 on the driver), its extra trainable modules, its loss on a batch of examples, and optionally
 outputs computed after the last step and published with the adapter. The loop, checkpoints,
 resume, loss curve and publishing are shared (finetune/trainer.py).
@@ -55,7 +55,7 @@ class Job:
 class Batch:
     """What a worker hands the objective's loss at one step (its shard of the global batch)."""
 
-    model: Any           # the peft model
+    model: Any           # the peft model (the frozen causal LM for an objective that does not train the LLM)
     tokenizer: Any
     heads: Any           # the objective's nn.Module
     data: dict
@@ -70,6 +70,7 @@ class Objective:
 
     name = "objective"
     publish_heads = False   # True: the heads are part of the result (beside the adapter), not just training state
+    trains_llm = True       # False: the LLM stays frozen (no LoRA); only the heads train, and they are the result
 
     def prepare(self, job: Job) -> dict:
         """Driver: the data every worker gets (picklable); must hold "n_examples"."""

@@ -1,6 +1,7 @@
 """What a fine-tuning run keeps: checkpoints (recipe state) and the loss curve.
 
-A checkpoint directory holds the LoRA weights as a peft adapter folder (adapter/), the
+A checkpoint directory holds the LoRA weights as a peft adapter folder (adapter/; none for an
+objective that trains its heads only), the
 objective's own trainable modules (heads.safetensors: SCFT's temperature, GER's and TSLRec's
 heads), the optimizer state (tensors in safetensors, hyperparameters in JSON, written by
 cluster.tensorstate as the SRS training state is: nothing is pickled), the step and the loss
@@ -21,12 +22,14 @@ from cluster.storage import Store
 from cluster.tensorstate import flatten_optimizer, read_pair, unflatten_optimizer, write_pair
 
 
-def save_checkpoint(folder: str | Path, model, heads, optimizer, state: dict, outputs: dict | None = None) -> None:
+def save_checkpoint(folder: str | Path, lora, heads, optimizer, state: dict, outputs: dict | None = None) -> None:
+    """`lora`: the peft model whose adapter is saved, or None when the LLM is frozen."""
     import torch
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    model.save_pretrained(folder / "adapter")
+    if lora is not None:
+        lora.save_pretrained(folder / "adapter")
     save_file({k: v.detach().contiguous().cpu() for k, v in heads.state_dict().items()}, folder / "heads.safetensors")
     write_pair(folder, "optimizer", *flatten_optimizer(optimizer.state_dict()))
     (folder / "state.json").write_text(json.dumps(state))
@@ -34,14 +37,16 @@ def save_checkpoint(folder: str | Path, model, heads, optimizer, state: dict, ou
         save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in outputs.items()}, folder / "outputs.safetensors")
 
 
-def load_checkpoint(folder: str | Path, model, heads, optimizer) -> dict:
-    """Load a checkpoint into the (freshly built) model, heads and optimizer; returns state.json."""
+def load_checkpoint(folder: str | Path, lora, heads, optimizer) -> dict:
+    """Load a checkpoint into the (freshly built) peft model (None: a frozen LLM), heads and optimizer;
+    returns state.json."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     folder = Path(folder)
     device = next(heads.parameters()).device
-    set_peft_model_state_dict(model, load_file(folder / "adapter" / "adapter_model.safetensors", device=str(device)))
+    if lora is not None:
+        set_peft_model_state_dict(lora, load_file(folder / "adapter" / "adapter_model.safetensors", device=str(device)))
     heads.load_state_dict(load_file(folder / "heads.safetensors", device=str(device)))
     optimizer.load_state_dict(unflatten_optimizer(*read_pair(folder, "optimizer")))
     return json.loads((folder / "state.json").read_text())

@@ -3,9 +3,10 @@
 Driver: validate everything up front (objective, steps, model, output), prepare the objective's
 data, run the TorchTrainer (CPU workers here, one GPU each on a cluster) with checkpoints under
 <out>/checkpoints, then publish the LoRA adapter at <out> as a peft directory, with the loss
-curve, and commit it with a manifest written last.
+curve, and commit it with a manifest written last. An objective that does not train the LLM
+(trains_llm False: RecInterpreter) gets it frozen, without LoRA, and publishes its heads alone.
 
-Worker: build the LoRA model and the objective's heads, restore the latest checkpoint (Ray
+Worker: build the LoRA model (or the frozen LLM) and the objective's heads, restore the latest checkpoint (Ray
 Train V2 finds it when a run of the same name exists in the same storage: that is --resume),
 train step by step on the planned batches, average gradients across workers, checkpoint every
 `checkpoint_every` steps and at the end.
@@ -24,13 +25,14 @@ from cluster.runtime import has_gpu, init_ray, return_freed_memory
 from cluster.storage import MANIFEST, Store, store_from_config
 from llm.adapters import check_adapter
 from finetune.ger import GER
-from finetune.lora import FinetuneError, causal_lm_path, lora_model
+from finetune.interpret import RecInterpreter
+from finetune.lora import FinetuneError, causal_lm_path, frozen_lm, lora_model
 from finetune.recipe import Batch, Job, Objective
 from finetune.scft import SCFT
 from finetune.state import load_checkpoint, read_outputs, save_checkpoint, write_loss_curve
 from finetune.tslrec import TSLRec
 
-OBJECTIVES: dict[str, type[Objective]] = {"scft": SCFT, "ger": GER, "tslrec": TSLRec}
+OBJECTIVES: dict[str, type[Objective]] = {"scft": SCFT, "ger": GER, "tslrec": TSLRec, "interpret": RecInterpreter}
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 RUN_NAME = "checkpoints"  # Ray Train run name: checkpoints live in <out>/checkpoints/
 
@@ -77,7 +79,11 @@ def _train_loop(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
 
-    model, tokenizer = lora_model(cfg.model, ft, device)
+    if objective.trains_llm:
+        model, tokenizer = lora_model(cfg.model, ft, device)
+    else:
+        model, tokenizer = frozen_lm(cfg.model, device)
+    lora = model if objective.trains_llm else None   # what checkpoints save and restore besides the heads
     heads = objective.heads(model.config.hidden_size, data, cfg).to(device)
     params = [p for p in model.parameters() if p.requires_grad] + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=ft.lr, weight_decay=ft.weight_decay)
@@ -85,7 +91,7 @@ def _train_loop(config: dict) -> None:
     restored = ray.train.get_checkpoint()
     if restored:
         with restored.as_directory() as folder:
-            state = load_checkpoint(folder, model, heads, optimizer)
+            state = load_checkpoint(folder, lora, heads, optimizer)
         state["resumed_from"] = state["step"]
     start = state["step"]
     if rank == 0:
@@ -103,10 +109,10 @@ def _train_loop(config: dict) -> None:
             heads.eval()
             outputs = objective.finish(model, tokenizer, heads, data, cfg, device)
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(tmp, model, heads, optimizer, state, outputs)
+            save_checkpoint(tmp, lora, heads, optimizer, state, outputs)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
-    model.train()
+    model.train(objective.trains_llm)   # a frozen LLM stays in eval mode: no dropout
     heads.train()
     run_seconds, began = state["seconds"], time.perf_counter()
     for step in range(start, max_steps):
@@ -145,7 +151,7 @@ def _check_inputs(cfg: Config, objective: str, steps: int, out: Store, resume: b
         previous = out.manifest("").get("objective")
         if resume and previous != objective:
             raise FinetuneError(f"{out.uri} holds a {previous} adapter: cannot resume it as {objective}")
-    return causal_lm_path(cfg.model, cfg.finetune.lora_targets)
+    return causal_lm_path(cfg.model, cfg.finetune.lora_targets if OBJECTIVES[objective].trains_llm else [])
 
 
 def _uncommit(out: Store, fresh: bool) -> None:
@@ -158,8 +164,9 @@ def _uncommit(out: Store, fresh: bool) -> None:
 
 def finetune(cfg: Config, objective: str, out: str, *, max_steps: int | None = None, resume: bool = False,
              overwrite: bool = False, store: Store | None = None) -> dict:
-    """Train `objective` with LoRA and publish the peft adapter directory at `out` (a local path or
-    s3:// URI); returns the summary (also printed), which the manifest holds too."""
+    """Train `objective` (with LoRA, unless it trains its heads only) and publish the result at `out` (a local
+    path or s3:// URI): the peft adapter directory and/or the heads; returns the summary (also printed), which
+    the manifest holds too."""
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -201,13 +208,15 @@ def finetune(cfg: Config, objective: str, out: str, *, max_steps: int | None = N
 
 
 def _publish(job: Job, recipe: Objective, folder: Path, started: float) -> dict:
-    """Copy the final checkpoint's adapter (checked like the embedding job checks adapters) to <out>,
-    write the loss curve and the objective's outputs, then commit."""
+    """Copy the final checkpoint's adapter (checked like the embedding job checks adapters) and/or heads to
+    <out>, write the loss curve and the objective's outputs, then commit."""
     import json
 
     cfg, out = job.cfg, job.out
-    check_adapter(str(folder / "adapter"), cfg.model, recipe.name)
-    files = {name: folder / "adapter" / name for name in ADAPTER_FILES}
+    files = {}
+    if recipe.trains_llm:
+        check_adapter(str(folder / "adapter"), cfg.model, recipe.name)
+        files = {name: folder / "adapter" / name for name in ADAPTER_FILES}
     if recipe.publish_heads:
         files[f"{recipe.name}_heads.safetensors"] = folder / "heads.safetensors"
     checksums = {}
@@ -225,7 +234,8 @@ def _publish(job: Job, recipe: Objective, folder: Path, started: float) -> dict:
         "steps": state["step"], "resumed_from": state.get("resumed_from"), "final_loss": losses[-1],
         "seconds": round(time.time() - started, 2), "train_seconds": round(state["seconds"], 2),
         "steps_per_s": round(state["step"] / max(state["seconds"], 1e-9), 3),
-        "lora": {"r": ft.lora_r, "alpha": ft.lora_alpha, "dropout": ft.lora_dropout, "targets": list(ft.lora_targets)},
+        "lora": {"r": ft.lora_r, "alpha": ft.lora_alpha, "dropout": ft.lora_dropout, "targets": list(ft.lora_targets)}
+        if recipe.trains_llm else None,
         "batch_size": ft.batch_size, "workers": ft.num_workers, "loss_csv": csv_uri, "loss_curve": png_uri,
         "files": checksums, **extra,
     }

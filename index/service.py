@@ -1,5 +1,6 @@
 """The query service: one FastAPI app over the CURRENT index version and its run's SRS model (and
-its attribute scores, which explain items: index.explain).
+its attribute scores, which explain items: index.explain; and its RecInterpreter, which describes a
+history in words: index.describe).
 
 The same app runs under uvicorn or as a Ray Serve deployment (jobs/serve.py). Everything a
 request reads sits in one immutable `Snapshot`; a background thread polls storage and, when
@@ -27,9 +28,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cluster.config import TOKEN_ENV, ServeConfig
-from cluster.layout import NoIndexError, current_version
+from cluster.config import TOKEN_ENV, ModelConfig, ServeConfig
+from cluster.layout import NoIndexError, current_version, interpreter_dir
 from cluster.storage import StorageError, Store
+from index.describe import Description, Interpreter, InterpreterMismatch, NoInterpreterError, TitleMatcher
 from index.explain import Explainer, Explanation, NoAttributesError, Profile, UnscoredError
 from index.faiss_index import ItemIndex
 from index.recommender import Recommender
@@ -161,6 +163,41 @@ class LiveIndex:
             self._thread.join()
 
 
+class Interpreters:
+    """The RecInterpreter of the served run (adapters/<lineage>-interpret), loaded on the first /describe (it
+    holds an LLM: no cost for deployments that never describe) and again when its adapter is republished;
+    the title matcher follows the served index version."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._lock = threading.Lock()
+        self._key: tuple[str, str] | None = None
+        # The interpreter, or why it cannot load: keyed like the SRS model, so a bad one is not retried per request.
+        self._loaded: Interpreter | NoInterpreterError | InterpreterMismatch | None = None
+        self._matcher: tuple[str, TitleMatcher] | None = None
+
+    def get(self, snap: Snapshot) -> tuple[Interpreter, TitleMatcher]:
+        rel = interpreter_dir(snap.manifest["run"])
+        try:
+            key = (rel, json.dumps(self.store.manifest(rel), sort_keys=True))
+        except StorageError:
+            raise NoInterpreterError(f"no interpreter adapter at {self.store.full_uri(rel)}: run `guidedrec "
+                                     "interpret`") from None
+        with self._lock:   # one load at a time; requests meanwhile wait for it rather than load it again
+            if key != self._key:
+                self._key = key
+                try:
+                    self._loaded = Interpreter.load(self.store.sub(rel), self.store, snap.manifest["run"],
+                                                    ModelConfig())
+                except (NoInterpreterError, InterpreterMismatch) as e:
+                    self._loaded = e
+            if not isinstance(self._loaded, Interpreter):
+                raise self._loaded
+            if self._matcher is None or self._matcher[0] != snap.version:
+                self._matcher = (snap.version, TitleMatcher(snap.titles))
+            return self._loaded, self._matcher[1]
+
+
 # -- requests and responses ----------------------------------------------------------------
 class ScoredItem(BaseModel):
     item_id: str
@@ -214,6 +251,17 @@ class ExplainRequest(_Request):
     items: list[str] = Field(min_length=1, description="The user's items, oldest first: their profile is the "
                                                        "mean of these items' attribute scores.")
     item: str = Field(description="The item to explain.")
+
+
+class DescribeRequest(_Request):
+    items: list[str] = Field(min_length=1, description="The user's items, oldest first: the SRS state(s) of this "
+                                                       "history are what the interpreter reads.")
+
+
+class DescribeResponse(BaseModel):
+    version: str = Field(description="The index version that answered (its titles name the items).")
+    interpreter: str = Field(description="The interpreter adapter that read the state.")
+    description: Description
 
 
 class ExplainResponse(BaseModel):
@@ -439,6 +487,28 @@ def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
         except UnscoredError as e:
             raise HTTPException(422, str(e)) from None
         return ExplainResponse(version=snap.version, run=explainer.items.run, explanation=explanation)
+
+    interpreters = Interpreters(store)
+
+    @api.post("/describe", responses=_problems(**{
+        "404": "An item of the history is not in the interpreter's SRS model.",
+        "409": "No interpreter adapter for the served run, or it was trained for another SRS model or LLM.",
+        "422": "A residual interpreter was given a single item (it reads the states before and after the last)."}))
+    def describe(req: DescribeRequest) -> DescribeResponse:
+        """The frozen LLM's words for the SRS state of the history (RecInterpreter), and the catalog items they
+        name: by exact title, else the nearest title."""
+        snap = served()
+        try:
+            interpreter, matcher = interpreters.get(snap)
+        except (NoInterpreterError, InterpreterMismatch) as e:
+            raise HTTPException(409, str(e)) from None
+        try:
+            description = interpreter.describe(req.items, matcher)
+        except KeyError as e:
+            raise HTTPException(404, e.args[0]) from None
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        return DescribeResponse(version=snap.version, interpreter=interpreter.where, description=description)
 
     app.include_router(api)
     return app

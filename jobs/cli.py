@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from jobs import embed, explain, finetune, index, ingest, pipeline, query, serve, train, update
+from jobs import describe, embed, explain, finetune, index, ingest, interpret, pipeline, query, serve, train, update
 from jobs.runner import run
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -18,6 +18,8 @@ app.command("pipeline")(pipeline.main)
 app.command("serve")(serve.main)
 app.command("update")(update.main)
 app.command("finetune")(finetune.main)
+app.command("interpret")(interpret.main)
+app.command("describe")(describe.main)
 
 
 def main() -> None:

@@ -4,7 +4,8 @@
     ray job submit --working-dir . -- python -m jobs.finetune --config cluster.yaml --objective ger --out s3://bucket/adapters/ger
 
 Objectives: scft (LLMEmb's contrastive fine-tuning), ger (GER's attribute scorer), tslrec
-(TSLRec's user-level SFT; also writes the knowledge embeddings run). The adapter at --out loads
+(TSLRec's user-level SFT; also writes the knowledge embeddings run), interpret (RecInterpreter's
+adapter over a frozen LLM: see jobs.interpret). A LoRA adapter at --out loads
 with peft and in the embedding job (`guidedrec embed --adapter name=<out>`).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from jobs.runner import DATASET_HELP, VERBOSE, job_config, run_job
 
 
 def main(config: Path = typer.Option(None, help="ray_config.yaml (default: built-in defaults)"),
-         objective: str = typer.Option(..., help="scft | ger | tslrec"),
+         objective: str = typer.Option(..., help="scft | ger | tslrec | interpret (jobs.interpret: the same, with --task)"),
          dataset: str = typer.Option(None, help=DATASET_HELP),
          max_steps: int = typer.Option(None, help="Override finetune.max_steps"),
          out: str = typer.Option(None, help="Adapter directory to write: a local path or s3://bucket/prefix "

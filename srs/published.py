@@ -83,9 +83,11 @@ def stand_in_inputs(source: str, n_items: int, cfg: SRSConfig, state: dict[str, 
     return {"item_embeddings": zeros(llm_widths[0])} if llm_widths else {}
 
 
-def load_model(store: Store, rel: str) -> tuple[SeqRecommender, SRSConfig, list[str], str, str]:
-    """(model in eval mode, its config, its item ids, its source, its URI) of the model published at `rel`."""
-    rel = f"{rel}/{store.manifest(rel)['version']}"
+def load_model(store: Store, rel: str,
+               version: str | None = None) -> tuple[SeqRecommender, SRSConfig, list[str], str, str]:
+    """(model in eval mode, its config, its item ids, its source, its URI) of the model published at `rel`
+    (its live version, or `version` while publish_model keeps it)."""
+    rel = f"{rel}/{version or store.manifest(rel)['version']}"
     meta = store.read_json(f"{rel}/srs.json")
     cfg = SRSConfig.model_validate(meta["cfg"])
     state = load_safetensors(store.read_bytes(f"{rel}/model.safetensors"))

@@ -104,7 +104,7 @@ def test_cli_prints_one_line_errors(tmp_path):
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr
-    assert run.stderr.strip().splitlines()[-1] == "error: unknown objective 'dpo': use one of scft, ger, tslrec"
+    assert run.stderr.strip().splitlines()[-1] == "error: unknown objective 'dpo': use one of scft, ger, tslrec, interpret"
 
 
 # -- SCFT: 4 steps, then resumed to 8, on a fixed set of 4 items ---------------------------------
