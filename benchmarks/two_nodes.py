@@ -61,6 +61,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[42])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="srs config override for both runs")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray Train worker counts to run")
     p.add_argument("--out", default=str(REPO / "runs" / "two-nodes"))
     args = p.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)   # a kill stops the cluster's nodes as Ctrl-C does
@@ -69,13 +70,13 @@ def main() -> None:
         cluster.start(num_cpus=1, resources={"head_node": 1})
         cluster.add_node(num_cpus=1, resources={"worker_node": 1})
         print(f"cluster: {len(cluster.alive_nodes())} nodes at {cluster.gcs}, 1 CPU each", flush=True)
-        for workers in (1, 2):
+        for workers in args.workers:
             rows = run_srs(args, cluster.gcs, workers)
             means[workers] = {k: statistics.fmean(r[k] for r in rows) for k in ("HR@10", "NDCG@10", "tail/HR@10", "epoch_s")}
     print(f"two_nodes: dataset={args.dataset} model={args.model} seeds={len(args.seeds)} "
-          + " ".join(f"{w}w_{k.replace('tail/', 'tail')}={v:.4f}" for w in (1, 2) for k, v in means[w].items()
+          + " ".join(f"{w}w_{k.replace('tail/', 'tail')}={v:.4f}" for w in args.workers for k, v in means[w].items()
                      if k != "epoch_s")
-          + f" 1w_epoch_s={means[1]['epoch_s']:.1f} 2w_epoch_s={means[2]['epoch_s']:.1f}", flush=True)
+          + "".join(f" {w}w_epoch_s={means[w]['epoch_s']:.1f}" for w in args.workers), flush=True)
 
 
 if __name__ == "__main__":
