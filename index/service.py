@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -165,12 +166,15 @@ class LiveIndex:
 
 class Interpreters:
     """The RecInterpreter of the served run (adapters/<lineage>-interpret), loaded on the first /describe (it
-    holds an LLM: no cost for deployments that never describe) and again when its adapter is republished;
-    the title matcher follows the served index version."""
+    holds an LLM: no cost for deployments that never describe) and again when its adapter is republished,
+    which it checks at most every `recheck_seconds` (serve.poll_seconds, as the index poller does), not per
+    request; the title matcher follows the served index version."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, recheck_seconds: float):
         self.store = store
+        self.recheck_seconds = recheck_seconds
         self._lock = threading.Lock()
+        self._checked: tuple[str, float] | None = None   # (adapter dir, when its manifest was last read)
         self._key: tuple[str, str] | None = None
         # The interpreter, or why it cannot load: keyed like the SRS model, so a bad one is not retried per request.
         self._loaded: Interpreter | NoInterpreterError | InterpreterMismatch | None = None
@@ -178,13 +182,17 @@ class Interpreters:
 
     def get(self, snap: Snapshot) -> tuple[Interpreter, TitleMatcher]:
         rel = interpreter_dir(snap.manifest["run"])
-        try:
-            key = (rel, json.dumps(self.store.manifest(rel), sort_keys=True))
-        except StorageError:
-            raise NoInterpreterError(f"no interpreter adapter at {self.store.full_uri(rel)}: run `guidedrec "
-                                     "interpret`") from None
         with self._lock:   # one load at a time; requests meanwhile wait for it rather than load it again
-            if key != self._key:
+            fresh = self._checked is not None and self._checked[0] == rel and self._key is not None \
+                and time.monotonic() - self._checked[1] < self.recheck_seconds
+            if not fresh:
+                try:
+                    key = (rel, json.dumps(self.store.manifest(rel), sort_keys=True))
+                except StorageError:
+                    raise NoInterpreterError(f"no interpreter adapter at {self.store.full_uri(rel)}: run "
+                                             "`guidedrec interpret`") from None
+                self._checked = (rel, time.monotonic())
+            if not fresh and key != self._key:
                 self._key = key
                 try:
                     self._loaded = Interpreter.load(self.store.sub(rel), self.store, snap.manifest["run"],
@@ -488,7 +496,7 @@ def create_app(store: Store, cfg: ServeConfig) -> FastAPI:
             raise HTTPException(422, str(e)) from None
         return ExplainResponse(version=snap.version, run=explainer.items.run, explanation=explanation)
 
-    interpreters = Interpreters(store)
+    interpreters = Interpreters(store, cfg.poll_seconds)
 
     @api.post("/describe", responses=_problems(**{
         "404": "An item of the history is not in the interpreter's SRS model.",
