@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     from cluster import Store, load_config, store_from_config
     from cluster.layout import catalog_file, catalog_name, interpreter_dir, run_name
     from finetune import finetune
-    from finetune.interpret import srs_states
     from index.describe import Interpreter, TitleMatcher, catalog_titles, normalize
+    from srs.published import srs_states
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, help="ray_config.yaml (default: built-in defaults)")

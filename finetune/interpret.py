@@ -4,7 +4,7 @@ that turns one SRS state into `interpret.tokens` input-token embeddings of the L
 say in words what the state holds.
 
 Tasks (interpret.task), each trained with next-token cross-entropy on the target text only
-(teacher-forced), with a short prompt around the soft tokens (PROMPTS):
+(teacher-forced), with a short prompt around the soft tokens (llm.soft_prompt.PROMPTS):
 - residual: the states before and after one interaction (two groups of soft tokens) -> the added
   item's name (catalog.item_name: its title);
 - recovery: one state -> the names of its `interpret.history` most recent items, oldest first,
@@ -25,61 +25,10 @@ from cluster.config import Config
 from cluster.layout import run_name
 from finetune.lora import FinetuneError
 from finetune.recipe import Batch, Job, Objective
+from llm.soft_prompt import StateAdapter, prompt_embeddings, prompt_pieces
 
-PROMPTS = {"residual": ("A user's state before one more item:", " and after it:", ". The item added is:"),
-           "recovery": ("A user's state:", ". The user's recent items, oldest first:")}
 SEPARATOR = ";"            # between the names a recovery target lists (each name starts with a space)
-HEADS = "interpret_heads.safetensors"   # the adapter, as the trainer publishes an objective's heads
 SRS_FILE = "interpret_srs.json"   # the SRS model a run reads: a resumed run must read the same version
-
-
-class StateAdapter(torch.nn.Module):
-    """SRS states [..., d] -> soft tokens [..., tokens, hidden]: fixed standardization, then the trained linear map."""
-
-    def __init__(self, srs_dim: int, tokens: int, hidden_size: int, mean: np.ndarray | None = None,
-                 std: np.ndarray | None = None):
-        super().__init__()
-        self.tokens = tokens
-        self.register_buffer("mean", torch.zeros(srs_dim) if mean is None else torch.tensor(mean))
-        self.register_buffer("std", torch.ones(srs_dim) if std is None else torch.tensor(std))
-        self.project = torch.nn.Linear(srs_dim, tokens * hidden_size)
-
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        return self.project((states - self.mean) / self.std).unflatten(-1, (self.tokens, -1))
-
-    @classmethod
-    def from_weights(cls, weights: dict[str, torch.Tensor], tokens: int) -> StateAdapter:
-        """The adapter a run published (its heads file) with `tokens` soft tokens per state."""
-        out, srs_dim = weights["project.weight"].shape
-        adapter = cls(srs_dim, tokens, out // tokens)
-        adapter.load_state_dict(weights)
-        return adapter.eval()
-
-
-@torch.no_grad()
-def srs_states(model, max_len: int, histories: list[list[int]], batch: int = 1024) -> np.ndarray:
-    """[n, d] float32: the SRS user vector after each history (model item indices, oldest first, non-empty)."""
-    from srs.data import pad_left
-
-    return np.concatenate([model.user_vector(torch.from_numpy(pad_left(histories[s:s + batch], max_len))).numpy()
-                           for s in range(0, len(histories), batch)]).astype(np.float32)
-
-
-def prompt_pieces(tokenizer, task: str) -> list[list[int]]:
-    """Token ids of the task's text pieces; the soft-token groups go between them."""
-    return [tokenizer(p, add_special_tokens=k == 0)["input_ids"] for k, p in enumerate(PROMPTS[task])]
-
-
-def prompt_embeddings(model, pieces: list[list[int]], soft: torch.Tensor) -> torch.Tensor:
-    """[B, L, H] input embeddings: the text pieces with the soft-token groups soft [B, G, T, H] between them.
-    Every prompt of a task has the same length, so a batch needs no padding."""
-    embed = model.get_input_embeddings()
-    n = soft.shape[0]
-    text = [embed(torch.tensor(p, device=soft.device)).expand(n, -1, -1) for p in pieces]
-    parts = [text[0]]
-    for g in range(soft.shape[1]):
-        parts += [soft[:, g].to(text[0].dtype), text[g + 1]]
-    return torch.cat(parts, 1)
 
 
 def target_tokens(names: list[list[int]], items: list[int], separator: list[int], eos: int, limit: int) -> list[int]:
@@ -104,16 +53,6 @@ def target_loss(model, prompt: torch.Tensor, targets: list[list[int]], pad_id: i
     labels = torch.cat([torch.full_like(prompted, -100), ids.masked_fill(~real, -100)], 1)
     return model(inputs_embeds=inputs, attention_mask=torch.cat([prompted, real.long()], 1), labels=labels,
                  use_cache=False).loss
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompt: torch.Tensor, max_new_tokens: int) -> list[str]:
-    """Greedy continuations of prompts [B, L, H] on one line each (whitespace runs become one space);
-    decoder-only generate returns the new tokens only."""
-    out = model.generate(inputs_embeds=prompt, attention_mask=torch.ones(prompt.shape[:2], dtype=torch.long,
-                                                                         device=prompt.device),
-                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return [" ".join(text.split()) for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
 def published_srs(job: Job) -> tuple:
@@ -144,6 +83,8 @@ class RecInterpreter(Objective):
     def prepare(self, job: Job) -> dict:
         cfg, tokenizer = job.cfg, job.tokenizer
         task, history = cfg.interpret.task, cfg.interpret.history
+        from srs.published import srs_states
+
         model, srs_cfg, item_ids, self.srs = published_srs(job)
         pos = {item: i for i, item in enumerate(item_ids)}
         prefixes: list[list[int]] = []   # model indices (position + 1) of each prefix's last max_len items

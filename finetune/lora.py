@@ -4,6 +4,7 @@ is what the embedding job computes (mean pooling of the final hidden states)."""
 from __future__ import annotations
 
 from cluster.config import FinetuneConfig, ModelConfig
+from llm.causal import causal_lm
 from llm.checkpoints import resolve_model_path
 from llm.engines import padded
 
@@ -34,29 +35,6 @@ def causal_lm_path(cfg: ModelConfig, targets: list[str]) -> str:
     if missing:
         raise FinetuneError(f"model {cfg.path!r} has no modules named {missing} for LoRA (finetune.lora_targets)")
     return path
-
-
-def causal_lm(model_cfg: ModelConfig, device):
-    """(causal LM of `model_cfg.path` on `device` in the configured dtype, its tokenizer with a pad token)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    path = str(resolve_model_path(model_cfg.path, model_cfg.cache_dir))
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    on_cpu = torch.device(device).type == "cpu"
-    dtype = {"auto": torch.float32 if on_cpu else torch.bfloat16, "float32": torch.float32,
-             "bfloat16": torch.bfloat16, "float16": torch.float16}[model_cfg.dtype]
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device), tokenizer
-
-
-def frozen_lm(model_cfg: ModelConfig, device):
-    """(causal LM with no trainable weight, in eval mode, tokenizer): for objectives that train only their heads."""
-    model, tokenizer = causal_lm(model_cfg, device)
-    return model.requires_grad_(False).eval(), tokenizer
 
 
 def lora_model(model_cfg: ModelConfig, ft: FinetuneConfig, device):

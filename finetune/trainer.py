@@ -24,9 +24,10 @@ from cluster.config import Config, without_secrets
 from cluster.runtime import has_gpu, init_ray, return_freed_memory
 from cluster.storage import MANIFEST, Store, store_from_config
 from llm.adapters import check_adapter
+from llm.causal import frozen_lm
 from finetune.ger import GER
 from finetune.interpret import RecInterpreter
-from finetune.lora import FinetuneError, causal_lm_path, frozen_lm, lora_model
+from finetune.lora import FinetuneError, causal_lm_path, lora_model
 from finetune.recipe import Batch, Job, Objective
 from finetune.scft import SCFT
 from finetune.state import load_checkpoint, read_outputs, save_checkpoint, write_loss_curve

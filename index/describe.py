@@ -1,4 +1,4 @@
-"""What a user state holds, in words: the RecInterpreter adapter (finetune.interpret) reads the SRS
+"""What a user state holds, in words: the RecInterpreter adapter (llm.soft_prompt, trained by finetune.interpret) reads the SRS
 state of a history into the frozen LLM, which generates text greedily; the catalog items the text
 names are found by their titles.
 
@@ -23,10 +23,10 @@ from catalog import item_name, user_sequences
 from cluster.config import Config, ModelConfig
 from cluster.layout import catalog_file, catalog_name, interpreter_dir, live_catalog_file, run_name
 from cluster.storage import StorageError, Store
-from finetune.interpret import HEADS, StateAdapter, generate, prompt_embeddings, prompt_pieces, srs_states
-from finetune.lora import frozen_lm
 from index.recommender import Recommender
-from srs.published import NoModelError, find_model, load_model
+from llm.causal import frozen_lm
+from llm.soft_prompt import HEADS, StateAdapter, generate, prompt_embeddings, prompt_pieces
+from srs.published import NoModelError, find_model, load_model, srs_states
 
 MIN_SIMILARITY = 0.6   # difflib's get_close_matches default: below it a part names nothing
 

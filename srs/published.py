@@ -17,6 +17,7 @@ from safetensors.torch import load as load_safetensors
 from cluster.config import SRSConfig
 from cluster.layout import is_version, model_dir, models_dir, new_version
 from cluster.storage import MANIFEST, StorageError, Store
+from srs.data import pad_left
 from srs.loop import build_model
 from srs.models import SeqRecommender
 
@@ -95,3 +96,10 @@ def load_model(store: Store, rel: str,
     model = build_model(meta["source"], len(item_ids), cfg, **stand_in_inputs(meta["source"], len(item_ids), cfg, state))
     model.load_state_dict(state)
     return model.eval(), cfg, item_ids, meta["source"], store.full_uri(rel)
+
+
+@torch.no_grad()
+def srs_states(model, max_len: int, histories: list[list[int]], batch: int = 1024) -> np.ndarray:
+    """[n, d] float32: the SRS user vector after each history (model item indices, oldest first, non-empty)."""
+    return np.concatenate([model.user_vector(torch.from_numpy(pad_left(histories[s:s + batch], max_len))).numpy()
+                           for s in range(0, len(histories), batch)]).astype(np.float32)

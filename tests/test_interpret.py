@@ -105,8 +105,9 @@ def test_only_the_adapter_learns_and_the_target_loss_falls():
     """The training step of the objective, in process: the frozen LLM gets no gradient, the adapter does."""
     import torch
 
-    from finetune.interpret import StateAdapter, prompt_embeddings, prompt_pieces, target_loss, target_tokens
-    from finetune.lora import frozen_lm
+    from finetune.interpret import target_loss, target_tokens
+    from llm.causal import frozen_lm
+    from llm.soft_prompt import StateAdapter, prompt_embeddings, prompt_pieces
 
     torch.manual_seed(0)
     lm, tokenizer = frozen_lm(ModelConfig(), "cpu")
@@ -194,8 +195,8 @@ def test_an_adapter_for_another_srs_or_llm_width_is_refused(published, tmp_path)
     from safetensors.torch import load as load_safetensors
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from finetune.interpret import StateAdapter
-    from finetune.lora import frozen_lm
+    from llm.causal import frozen_lm
+    from llm.soft_prompt import StateAdapter
     from llm.checkpoints import resolve_model_path
     from srs import build_model
 
