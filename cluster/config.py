@@ -148,6 +148,8 @@ class SRSConfig(_Section):
     text_map_steps: int = Field(300, ge=0, description="With text_dropout: N > 0 trains the text map alone for N "
                                 "optimizer steps over the trained, frozen model, which then ranks warm items exactly "
                                 "as without text dropout; 0 trains it with the model.")
+    view_attention: bool = Field(False, description="llmesr: before the backbone, each view's item sequence attends "
+                                 "to the other view's (LLM-ESR's cross-attention; causal for SASRec and GRU4Rec). Sources with one view ignore it.")
     tslrec_clusters: int = Field(16, ge=2, description="TSLRec latent categories (k-means of the ID model's items).")
     hidden_size: int = Field(64, ge=8)
     max_len: int = Field(50, ge=2)

@@ -320,6 +320,27 @@ def test_every_source_builds_with_every_backbone(model_name, source):
     assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("items.") and p.requires_grad)
 
 
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_view_attention_trains_every_backbone_and_never_reads_the_future(model_name):
+    """LLM-ESR's cross-attention between the views: its weights learn, and in the next-item backbones
+    (with positions from the first item, so a prefix encodes as if alone) a position's state does not
+    depend on the items after it, which it is trained to predict."""
+    torch.manual_seed(0)
+    cfg = SMALL.model_copy(update={"model": model_name, "view_attention": True, "position_from": "first"})
+    model = build_model("llmesr", 40, cfg, cycle_embeddings(40))
+    seq = torch.tensor([[0, 0, 3, 4, 9], [1, 2, 3, 4, 5]])
+    model.train()(TrainBatch(seq, torch.tensor([[0, 0, 4, 9, 6], [2, 3, 4, 5, 6]]))).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.view_attention.parameters())
+    model.eval()
+    if model.view_attention.causal:
+        states = torch.cat(model._view_states(seq, model.items.views()), -1)
+        for k in range(1, 5):
+            torch.testing.assert_close(states[1:, k - 1], model.user_vector(seq[1:, :k]), atol=1e-5, rtol=1e-4)
+    without = build_model("llmesr", 40, cfg.model_copy(update={"view_attention": False}), cycle_embeddings(40))
+    assert without.view_attention is None and not torch.allclose(model.user_vector(seq), without.eval().user_vector(seq))
+    assert build_model("id", 40, cfg).view_attention is None   # one view: nothing to attend to
+
+
 def test_ger_z_scores_its_items_without_blowing_up_noise():
     raw = np.array([[1, 10, 1.0], [3, 10, 1.0000001], [5, 10, 1.0000002]], np.float32)
     guided = build_item_embedding("ger", 3, SMALL, SourceInputs(attributes=raw)).guided.numpy()
@@ -405,7 +426,7 @@ def test_positions_from_the_first_item_make_a_prefix_state_independent_of_later_
     for position_from, same in [("first", True), ("last", False)]:
         torch.manual_seed(0)
         model = build_model("id", 12, SMALL.model_copy(update={"model": "sasrec", "position_from": position_from})).eval()
-        states = model.states(seq, model.items.table())
+        states = model.states(seq, model.items.table()[seq])
         for k in range(1, 4):
             alone = model.user_vector(seq[:, :k])
             assert torch.allclose(states[:, k - 1], alone, atol=1e-5) == same, (position_from, k)

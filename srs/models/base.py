@@ -7,7 +7,8 @@ left-padded with 0, so the most recent item is the last column.
 
 An item source with several views (LLM-ESR's ID and semantic views) has each view encoded by
 the same backbone weights; the user vector and the item table are the views side by side, so a
-score is the sum of the views' dot products.
+score is the sum of the views' dot products. With `view_attention`, each view's item sequence
+first attends to the other's (ViewAttention).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cluster.config import SRSConfig
 from srs.data import TrainBatch
 from srs.fusion import ItemEmbedding
 
@@ -36,30 +38,61 @@ def full_softmax_ce(states: torch.Tensor, targets: torch.Tensor, table: torch.Te
     return F.cross_entropy(logits, targets)
 
 
+class ViewAttention(nn.Module):
+    """LLM-ESR's cross-attention between the two views (Liu et al. 2024, models/DualLLMSRS.py): each
+    view's item sequence attends to the other view's, and the result is added to it (a residual,
+    where the reference replaces the sequence, so an item keeps its own row). Next-item backbones
+    attend to the past only (`causal`), else a position would read the item it must predict."""
+
+    def __init__(self, dim: int, cfg: SRSConfig, causal: bool):
+        super().__init__()
+        self.num_heads, self.causal = cfg.num_heads, causal
+        self.attend = nn.ModuleList(nn.MultiheadAttention(dim, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
+                                    for _ in range(2))
+
+    def forward(self, xs: list[torch.Tensor], pad: torch.Tensor) -> list[torch.Tensor]:
+        a, b = xs
+        w = pad.shape[1]
+        mask = pad.unsqueeze(1).expand(-1, w, -1)   # True = may not attend; a position always sees itself
+        if self.causal:
+            mask = mask | torch.ones(w, w, dtype=torch.bool, device=pad.device).triu(1)
+        mask = (mask & ~torch.eye(w, dtype=torch.bool, device=pad.device)).repeat_interleave(self.num_heads, dim=0)
+        return [x + attend(x, y, y, attn_mask=mask, need_weights=False)[0]
+                for x, y, attend in ((a, b, self.attend[0]), (b, a, self.attend[1]))]
+
+
 class SeqRecommender(nn.Module):
-    """A backbone over an item source. Subclasses define `loss` and `_user` (the user vector
-    from a sequence and the current table, computed once per call)."""
+    """A backbone over an item source. Subclasses define `loss` and `_users` (each view's user
+    vector from a sequence and the current views, computed once per call)."""
 
     needs_negatives = False  # whether the training batches must carry sampled negatives
+    causal = True            # whether a position may read only the items before it (ViewAttention)
 
-    def __init__(self, items: ItemEmbedding, max_len: int):
+    def __init__(self, items: ItemEmbedding, cfg: SRSConfig):
         super().__init__()
         self.items = items
-        self.max_len = max_len
+        self.max_len = cfg.max_len
         self.unseen: torch.Tensor | None = None   # items training must not score (cold-item protocol)
+        dual = len(items.views()) == 2   # the one source with two views, llmesr; the others ignore the option
+        self.view_attention = ViewAttention(items.dim, cfg, self.causal) if cfg.view_attention and dual else None
+
+    def embed(self, seq: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """Each view's item embeddings [B, w, d] of `seq`, after view attention if configured."""
+        xs = [table[seq] for table in tables]
+        return xs if self.view_attention is None else self.view_attention(xs, seq == 0)
 
     def loss(self, batch: TrainBatch) -> torch.Tensor:
         raise NotImplementedError
 
-    def _user(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    def _users(self, seq: torch.Tensor, views: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         raise NotImplementedError
 
     def user_vector(self, seq: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self._user(seq, view) for view in self.items.views()], -1)
+        return torch.cat(self._users(seq, self.items.views()), -1)
 
     def score_all(self, seq: torch.Tensor) -> torch.Tensor:
         views = self.items.views()
-        return torch.cat([self._user(seq, view) for view in views], -1) @ torch.cat(views, 1).T
+        return torch.cat(self._users(seq, views), -1) @ torch.cat(views, 1).T
 
     def forward(self, batch: TrainBatch) -> torch.Tensor:
         """The training loss plus the item source's own term (LLMEmb's alignment) over the
@@ -75,23 +108,27 @@ class NextItemRecommender(SeqRecommender):
     binary cross-entropy with one sampled negative per position; "ce": softmax cross-entropy
     over all items (costlier per step, usually stronger)."""
 
-    def __init__(self, items: ItemEmbedding, max_len: int, loss: str):
-        super().__init__(items, max_len)
-        self.loss_kind = loss
-        self.needs_negatives = loss == "bce"
+    def __init__(self, items: ItemEmbedding, cfg: SRSConfig):
+        super().__init__(items, cfg)
+        self.loss_kind = cfg.resolved_loss
+        self.needs_negatives = self.loss_kind == "bce"
 
-    def states(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """[B, w, d] states for the last w columns of `seq` (see trim_padding)."""
+    def states(self, seq: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """[B, w, d] states of `seq` [B, w] (padding trimmed: see trim_padding) from its item embeddings x [B, w, d]."""
         raise NotImplementedError
 
-    def _user(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        return self.states(seq, table)[:, -1]
+    def _view_states(self, seq: torch.Tensor, views: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        seq = trim_padding(seq)
+        return [self.states(seq, x) for x in self.embed(seq, views)]
+
+    def _users(self, seq: torch.Tensor, views: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        return [h[:, -1] for h in self._view_states(seq, views)]
 
     def loss(self, batch: TrainBatch) -> torch.Tensor:
         """Mean over non-padding positions."""
         views = self.items.views()
         table = torch.cat(views, 1)
-        h = torch.cat([self.states(batch.inputs, view) for view in views], -1)
+        h = torch.cat(self._view_states(batch.inputs, views), -1)
         targets = batch.targets[:, -h.shape[1]:]
         real = targets != 0
         if self.loss_kind == "ce":

@@ -24,16 +24,19 @@ from srs.models.transformer import TransformerEncoder
 
 
 class BERT4Rec(SeqRecommender):
+    causal = False
+
     def __init__(self, items: ItemEmbedding, cfg: SRSConfig):
-        super().__init__(items, cfg.max_len)
+        super().__init__(items, cfg)
         self.mask_prob = cfg.mask_prob
         self.mask_index = items.n_items + 1  # one past the table: looked up in `mask` instead
         self.mask = nn.Parameter(torch.randn(items.dim) * 0.02)
         self.encoder = TransformerEncoder(items.dim, cfg, causal=False)
 
-    def _encode(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    def _encode(self, seq: torch.Tensor, views: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """Each view's states of `seq` (which may hold mask_index, read from `mask`)."""
         seq = trim_padding(seq)
-        return self.encoder(torch.cat([table, self.mask[None]])[seq], seq == 0)
+        return [self.encoder(x, seq == 0) for x in self.embed(seq, [torch.cat([v, self.mask[None]]) for v in views])]
 
     def loss(self, batch: TrainBatch) -> torch.Tensor:
         """Cloze CE over the masked positions of the full training sequences (the last
@@ -44,10 +47,10 @@ class BERT4Rec(SeqRecommender):
         masked = real & (torch.rand(seq.shape, device=seq.device) < self.mask_prob)
         masked[:, -1] |= ~masked.any(1)
         views = self.items.views()
-        h = torch.cat([self._encode(seq.masked_fill(masked, self.mask_index), view) for view in views], -1)
+        h = torch.cat(self._encode(seq.masked_fill(masked, self.mask_index), views), -1)
         return full_softmax_ce(h[masked], seq[masked], torch.cat(views, 1), self.unseen)
 
-    def _user(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    def _users(self, seq: torch.Tensor, views: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         history = seq[:, -(self.max_len - 1):]
         with_mask = torch.cat([history, torch.full_like(seq[:, :1], self.mask_index)], dim=1)
-        return self._encode(with_mask, table)[:, -1]
+        return [h[:, -1] for h in self._encode(with_mask, views)]

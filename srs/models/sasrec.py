@@ -11,15 +11,14 @@ import torch
 
 from cluster.config import SRSConfig
 from srs.fusion import ItemEmbedding
-from srs.models.base import NextItemRecommender, trim_padding
+from srs.models.base import NextItemRecommender
 from srs.models.transformer import TransformerEncoder
 
 
 class SASRec(NextItemRecommender):
     def __init__(self, items: ItemEmbedding, cfg: SRSConfig):
-        super().__init__(items, cfg.max_len, cfg.resolved_loss)
+        super().__init__(items, cfg)
         self.encoder = TransformerEncoder(items.dim, cfg, causal=True)
 
-    def states(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        seq = trim_padding(seq)
-        return self.encoder(table[seq], seq == 0)
+    def states(self, seq: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x, seq == 0)
