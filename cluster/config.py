@@ -150,6 +150,12 @@ class SRSConfig(_Section):
                                 "as without text dropout; 0 trains it with the model.")
     view_attention: bool = Field(False, description="llmesr: before the backbone, each view's item sequence attends "
                                  "to the other view's (LLM-ESR's cross-attention; causal for SASRec and GRU4Rec). Sources with one view ignore it.")
+    distill_weight: float = Field(0.0, ge=0, description="LLM-ESR's retrieval-augmented self-distillation (sources "
+                                  "that read LLM embeddings): the weight of the squared distance between a training "
+                                  "row's user vector and the mean of its distill_users most similar rows' (no "
+                                  "gradient), similarity = cosine of the rows' mean LLM item embeddings. 0: off.")
+    distill_users: int = Field(10, ge=1, description="With distill_weight: similar rows per row (each costs a forward "
+                               "pass per step).")
     tslrec_clusters: int = Field(16, ge=2, description="TSLRec latent categories (k-means of the ID model's items).")
     hidden_size: int = Field(64, ge=8)
     max_len: int = Field(50, ge=2)

@@ -77,6 +77,7 @@ class SeqTensors:
     test_seen: Ragged
     test_targets: np.ndarray
     cold: np.ndarray | None = None   # [n_items + 1] bool: items training never sees (cold-item protocol)
+    train_similar: np.ndarray | None = None   # [rows, k]: each training row's most similar others (similar_rows)
 
     @property
     def warm(self) -> np.ndarray | None:
@@ -141,13 +142,33 @@ def build_tensors(sequences: Mapping[str, Sequence[str]], item_ids: Sequence[str
     )
 
 
+def similar_rows(rows: np.ndarray, llm: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
+    """[R, k] for padded rows [R, L] of item indices: the k other rows whose mean LLM item
+    embedding (llm [n_items, D], row i = item i + 1) is nearest by cosine, most similar first:
+    LLM-ESR's similar users, retrieved by their items' text."""
+    if len(rows) <= k:
+        raise ValueError(f"srs.distill_users {k}: only {len(rows)} training rows")
+    table = torch.from_numpy(np.vstack([np.zeros((1, llm.shape[1]), np.float32), llm.astype(np.float32)]))
+    seq = torch.from_numpy(rows)
+    users = table[seq].sum(1) / (seq != 0).sum(1, keepdim=True).clamp(min=1)
+    users = torch.nn.functional.normalize(users, dim=1)
+    out = []
+    for start in range(0, len(users), chunk):
+        sim = users[start:start + chunk] @ users.T
+        sim[torch.arange(len(sim)), torch.arange(start, start + len(sim))] = -torch.inf   # never itself
+        out.append(sim.topk(k, dim=1).indices)
+    return torch.cat(out).numpy()
+
+
 class TrainBatch(NamedTuple):
     """Inputs, next-item targets and (for BCE) one sampled negative per position, all [B, L],
-    0 = pad. `targets` rows are also the full training sequences (BERT4Rec's cloze input)."""
+    0 = pad. `targets` rows are also the full training sequences (BERT4Rec's cloze input).
+    `similar` [B, k, L]: each row's most similar training rows (self-distillation)."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
     negatives: torch.Tensor | None = None
+    similar: torch.Tensor | None = None
 
 
 def sample_negatives(

@@ -117,7 +117,8 @@ def fit(
     worker = worker or Worker()
     net: SeqRecommender = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     device, rank = worker.device, worker.rank
-    dataset = TensorDataset(torch.tensor(data.train_inputs), torch.tensor(data.train_targets))  # ray.get's arrays are read-only
+    train_inputs = torch.tensor(data.train_inputs)   # ray.get's arrays are read-only
+    dataset = TensorDataset(train_inputs, torch.tensor(data.train_targets), torch.arange(len(train_inputs)))
     # Each rank's shuffled share of the rows, the same size on every rank (as DDP needs), in plain random batches:
     # batches grouped by length saved padding but lost 13% HR@10 on Beauty (benchmarks/RESULTS.md).
     # srs.batch_size is the global batch: a per-worker batch of it all would halve the steps of two workers and
@@ -150,10 +151,8 @@ def fit(
         rows.set_epoch(epoch)
         model.train()
         total, steps = 0.0, 0
-        for inputs, targets in loader:
-            inputs, targets = inputs.to(device), targets.to(device)
-            neg = sample_negatives(inputs, targets, known_items, negatives) if net.needs_negatives else None
-            loss = model(TrainBatch(inputs, targets, neg))
+        for rows_in_batch in loader:
+            loss = model(batch_of(rows_in_batch, data, train_inputs, net, known_items, negatives, device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -182,7 +181,8 @@ def fit(
         return None
     net.load_state_dict(s.best_model)
     if cfg.text_map_steps:
-        fit_text_map(net, loader, cfg, known_items, negatives, worker)
+        fit_text_map(net, loader, cfg, lambda b: batch_of(b, data, train_inputs, net, known_items, negatives, device),
+                     worker)
     known = np.ones(data.n_items, dtype=bool) if data.warm is None else data.warm
     net.items.after_training(torch.from_numpy(known).to(device))
     s.best_model = _weights(net)   # what is published: with what the source learned after training
@@ -192,8 +192,19 @@ def fit(
     return Fitted(s, test, items, resumed_from)
 
 
-def fit_text_map(net: SeqRecommender, loader: DataLoader, cfg: SRSConfig, known_items: torch.Tensor,
-                 negatives: torch.Generator, worker: Worker) -> None:
+def batch_of(loaded: list[torch.Tensor], data: SeqTensors, train_inputs: torch.Tensor, net: SeqRecommender,
+             known_items: torch.Tensor, negatives: torch.Generator, device) -> TrainBatch:
+    """The TrainBatch of the loader's (inputs, targets, row indices): negatives when the loss samples
+    them, each row's similar rows when the run self-distills."""
+    inputs, targets, rows = (x.to(device) for x in loaded)
+    neg = sample_negatives(inputs, targets, known_items, negatives) if net.needs_negatives else None
+    similar = None
+    if data.train_similar is not None:
+        similar = train_inputs[torch.from_numpy(data.train_similar[rows.cpu().numpy()])].to(device)
+    return TrainBatch(inputs, targets, neg, similar)
+
+
+def fit_text_map(net: SeqRecommender, loader: DataLoader, cfg: SRSConfig, batch_of, worker: Worker) -> None:
     """Train only the source's text -> row map over the trained, frozen model, with text dropout, for
     srs.text_map_steps steps: the map learns rows that compete in the trained model's score space,
     while the warm items' rows and the backbone stay exactly as trained."""
@@ -209,10 +220,8 @@ def fit_text_map(net: SeqRecommender, loader: DataLoader, cfg: SRSConfig, known_
     while step < cfg.text_map_steps:
         epoch += 1
         loader.sampler.set_epoch(epoch)
-        for inputs, targets in itertools.islice(loader, cfg.text_map_steps - step):
-            inputs, targets = inputs.to(worker.device), targets.to(worker.device)
-            neg = sample_negatives(inputs, targets, known_items, negatives) if net.needs_negatives else None
-            loss = net(TrainBatch(inputs, targets, neg))
+        for loaded in itertools.islice(loader, cfg.text_map_steps - step):
+            loss = net(batch_of(loaded))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 import torch
 
 from cluster.config import SRSConfig
-from srs.data import SeqTensors, build_tensors, cold_items
+from srs.data import SeqTensors, build_tensors, cold_items, similar_rows
 from srs.fusion import SourceInputs, check_source, required_inputs
 from srs.loop import Worker, build_model, fit
 from srs.metrics import ALL_METRICS
@@ -149,6 +149,11 @@ def prepare_run(
     data = build_tensors(sequences, item_ids, cfg.max_len, cold_items(len(item_ids), cfg.cold_items, cfg.seed))
     if len(data.train_inputs) == 0:
         raise ValueError("no user has the 4+ items needed for a training example")
+    if cfg.distill_weight:
+        if "llm" not in needs:
+            raise ValueError(f"srs.distill_weight: source {source!r} reads no LLM embeddings to find similar users "
+                             "with (llmesr, llmemb, llm-frozen, tslrec, id with id_init llm-pca do)")
+        data = replace(data, train_similar=similar_rows(data.train_inputs, inputs.llm, cfg.distill_users))
     return data, inputs, pretrain
 
 

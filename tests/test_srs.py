@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +15,11 @@ import torch
 from cluster.config import SRSConfig
 from srs import (ALL_METRICS, METRICS, MODELS, SOURCES, TrainState, Worker, build_model, fit, popularity_baseline,
                  popularity_metrics, summarize, target_ranks, train)
-from srs.data import Ragged, TrainBatch, build_tensors, cold_items, sample_negatives
+from srs.data import Ragged, TrainBatch, build_tensors, cold_items, sample_negatives, similar_rows
 from srs.fusion import LLMEmbAdapter, SourceInputs, build_item_embedding, latent_categories
 from srs.metrics import report, sample_candidates, sampled_ranks, tail_items
 from srs.models.transformer import GROUP_ROWS, TransformerEncoder
+from srs.runners import prepare_run
 
 N_ITEMS = 200
 
@@ -339,6 +340,39 @@ def test_view_attention_trains_every_backbone_and_never_reads_the_future(model_n
     without = build_model("llmesr", 40, cfg.model_copy(update={"view_attention": False}), cycle_embeddings(40))
     assert without.view_attention is None and not torch.allclose(model.user_vector(seq), without.eval().user_vector(seq))
     assert build_model("id", 40, cfg).view_attention is None   # one view: nothing to attend to
+
+
+def test_similar_rows_are_the_rows_whose_items_read_alike():
+    llm = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)   # items 1, 2 alike; 3, 4 alike
+    rows = np.array([[0, 1, 2], [0, 0, 1], [3, 4, 4], [0, 0, 4], [1, 3, 0]])
+    similar = similar_rows(rows, llm, k=2, chunk=2)
+    assert similar.shape == (5, 2) and not (similar == np.arange(5)[:, None]).any()
+    assert similar[0, 0] == 1 and similar[2, 0] == 3 and similar[3, 0] == 2
+    with pytest.raises(ValueError, match="distill_users 5: only 5 training rows"):
+        similar_rows(rows, llm, k=5)
+
+
+def test_self_distillation_pulls_each_user_toward_its_similar_users():
+    """LLM-ESR's self-distillation: after training with it, a row's user vector sits nearer the mean of its
+    text-similar rows' than after the same training without it; sources without LLM embeddings refuse it."""
+    sequences, ids = cyclic_sequences()
+    cfg = SMALL.model_copy(update={"loss": "ce", "epochs": 3, "patience": 3, "distill_users": 3})
+    text = cycle_embeddings()
+
+    def distance(weight: float) -> float:
+        run = cfg.model_copy(update={"distill_weight": weight})
+        data, inputs, _ = prepare_run(sequences, ids, run.model_copy(update={"distill_weight": 1.0}), "llmesr",
+                                      SourceInputs(llm=text))
+        torch.manual_seed(0)
+        model = build_model("llmesr", data.n_items, run, inputs.llm)
+        fit(model, data if weight else replace(data, train_similar=None), run)
+        with torch.no_grad():
+            users = model.eval().user_vector(torch.from_numpy(data.train_inputs))
+        return float(((users - users[torch.from_numpy(data.train_similar)].mean(1)) ** 2).sum(1).mean())
+
+    assert distance(10.0) < 0.5 * distance(0.0)
+    with pytest.raises(ValueError, match="reads no LLM embeddings"):
+        train(sequences, ids, cfg.model_copy(update={"distill_weight": 0.1}), "id", runner="local")
 
 
 def test_ger_z_scores_its_items_without_blowing_up_noise():

@@ -73,6 +73,7 @@ class SeqRecommender(nn.Module):
         self.items = items
         self.max_len = cfg.max_len
         self.unseen: torch.Tensor | None = None   # items training must not score (cold-item protocol)
+        self.distill_weight = cfg.distill_weight
         dual = len(items.views()) == 2   # the one source with two views, llmesr; the others ignore the option
         self.view_attention = ViewAttention(items.dim, cfg, self.causal) if cfg.view_attention and dual else None
 
@@ -96,10 +97,20 @@ class SeqRecommender(nn.Module):
 
     def forward(self, batch: TrainBatch) -> torch.Tensor:
         """The training loss plus the item source's own term (LLMEmb's alignment) over the
-        batch's items; DistributedDataParallel synchronizes gradients only through forward."""
+        batch's items and the self-distillation term when the batch has similar rows;
+        DistributedDataParallel synchronizes gradients only through forward."""
         loss = self.loss(batch)
         aux = self.items.aux_loss(batch.targets)
+        if batch.similar is not None:
+            loss = loss + self.distill_weight * self.distill_loss(batch.inputs, batch.similar)
         return loss if aux is None else loss + aux
+
+    def distill_loss(self, seq: torch.Tensor, similar: torch.Tensor) -> torch.Tensor:
+        """LLM-ESR's self-distillation (its `kd` variant): mean squared distance between each row's user
+        vector and the mean of its similar rows' [B, k, L], which teach without receiving gradient."""
+        with torch.no_grad():
+            teacher = self.user_vector(similar.flatten(0, 1)).unflatten(0, similar.shape[:2]).mean(1)
+        return F.mse_loss(self.user_vector(seq), teacher)
 
 
 class NextItemRecommender(SeqRecommender):
