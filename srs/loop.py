@@ -181,8 +181,9 @@ def fit(
         return None
     net.load_state_dict(s.best_model)
     if cfg.text_map_steps:
-        fit_text_map(net, loader, cfg, lambda b: batch_of(b, data, train_inputs, net, known_items, negatives, device),
-                     worker)
+        # the map only learns text -> rows in the trained model's score space: no distillation there
+        fit_text_map(net, loader, cfg, lambda b: batch_of(b, data, train_inputs, net, known_items, negatives,
+                                                          device)._replace(similar=None), worker)
     known = np.ones(data.n_items, dtype=bool) if data.warm is None else data.warm
     net.items.after_training(torch.from_numpy(known).to(device))
     s.best_model = _weights(net)   # what is published: with what the source learned after training
