@@ -182,8 +182,8 @@ def fit(
     net.load_state_dict(s.best_model)
     if cfg.text_map_steps:
         # the map only learns text -> rows in the trained model's score space: no distillation there
-        fit_text_map(net, loader, cfg, lambda b: batch_of(b, data, train_inputs, net, known_items, negatives,
-                                                          device)._replace(similar=None), worker)
+        fit_text_map(net, loader, cfg, lambda b: batch_of(b, data, train_inputs, net, known_items, negatives, device,
+                                                          distill=False), worker)
     known = np.ones(data.n_items, dtype=bool) if data.warm is None else data.warm
     net.items.after_training(torch.from_numpy(known).to(device))
     s.best_model = _weights(net)   # what is published: with what the source learned after training
@@ -194,13 +194,13 @@ def fit(
 
 
 def batch_of(loaded: list[torch.Tensor], data: SeqTensors, train_inputs: torch.Tensor, net: SeqRecommender,
-             known_items: torch.Tensor, negatives: torch.Generator, device) -> TrainBatch:
+             known_items: torch.Tensor, negatives: torch.Generator, device, distill: bool = True) -> TrainBatch:
     """The TrainBatch of the loader's (inputs, targets, row indices): negatives when the loss samples
-    them, each row's similar rows when the run self-distills."""
+    them, each row's similar rows when the run self-distills (and `distill`)."""
     inputs, targets, rows = (x.to(device) for x in loaded)
     neg = sample_negatives(inputs, targets, known_items, negatives) if net.needs_negatives else None
     similar = None
-    if data.train_similar is not None:
+    if distill and data.train_similar is not None:
         similar = train_inputs[torch.from_numpy(data.train_similar[rows.cpu().numpy()])].to(device)
     return TrainBatch(inputs, targets, neg, similar)
 

@@ -19,6 +19,7 @@ from torch import nn
 from cluster.config import SRSConfig
 from srs.data import TrainBatch
 from srs.fusion import ItemEmbedding
+from srs.models.transformer import attention_mask
 
 
 def trim_padding(seq: torch.Tensor) -> torch.Tensor:
@@ -52,11 +53,7 @@ class ViewAttention(nn.Module):
 
     def forward(self, xs: list[torch.Tensor], pad: torch.Tensor) -> list[torch.Tensor]:
         a, b = xs
-        w = pad.shape[1]
-        mask = pad.unsqueeze(1).expand(-1, w, -1)   # True = may not attend; a position always sees itself
-        if self.causal:
-            mask = mask | torch.ones(w, w, dtype=torch.bool, device=pad.device).triu(1)
-        mask = (mask & ~torch.eye(w, dtype=torch.bool, device=pad.device)).repeat_interleave(self.num_heads, dim=0)
+        mask = attention_mask(pad, self.causal, self.num_heads)
         return [x + attend(x, y, y, attn_mask=mask, need_weights=False)[0]
                 for x, y, attend in ((a, b, self.attend[0]), (b, a, self.attend[1]))]
 

@@ -17,6 +17,16 @@ from cluster.config import SRSConfig
 GROUP_ROWS = 64
 
 
+def attention_mask(pad: torch.Tensor, causal: bool, num_heads: int) -> torch.Tensor:
+    """[B * heads, w, w], True = may not attend: padding keys (and the future when causal); a position
+    always sees itself, so padding rows stay finite (their outputs are never used)."""
+    w = pad.shape[1]
+    mask = pad.unsqueeze(1).expand(-1, w, -1)
+    if causal:
+        mask = mask | torch.ones(w, w, dtype=torch.bool, device=pad.device).triu(1)
+    return (mask & ~torch.eye(w, dtype=torch.bool, device=pad.device)).repeat_interleave(num_heads, dim=0)
+
+
 class TransformerEncoder(nn.Module):
     def __init__(self, dim: int, cfg: SRSConfig, causal: bool):
         super().__init__()
@@ -61,13 +71,7 @@ class TransformerEncoder(nn.Module):
         else:
             positions = torch.arange(self.max_len - w, self.max_len, device=items.device)
         x = self.dropout(items * self.dim**0.5 + self.position(positions))
-        # True = may not attend: padding keys (and the future when causal); a position always
-        # sees itself, so padding rows stay finite (their outputs are never used).
-        mask = pad.unsqueeze(1).expand(-1, w, -1)
-        if self.causal:
-            mask = mask | torch.ones(w, w, dtype=torch.bool, device=items.device).triu(1)
-        mask = mask & ~torch.eye(w, dtype=torch.bool, device=items.device)
-        mask = mask.repeat_interleave(self.num_heads, dim=0)
+        mask = attention_mask(pad, self.causal, self.num_heads)
         for layer in self.layers:
             x = layer(x, src_mask=mask)
         return self.norm(x)
