@@ -238,8 +238,9 @@ class FinetuneConfig(_Section):
     lr: float = Field(2e-4, gt=0, description="AdamW learning rate of the LoRA weights and the objective's heads.")
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
-    batch_size: int = Field(8, ge=2, description="Examples per worker per step (items for SCFT, users for GER/TSLRec); "
-                            "at least 2, the in-batch negatives need company.")
+    batch_size: int = Field(8, ge=2, description="Examples per optimizer step (items for SCFT, users for GER/TSLRec), "
+                            "split evenly across the num_workers workers, as srs.batch_size is; at least 2 per worker, "
+                            "the in-batch negatives need company.")
     max_steps: int = Field(200, ge=1, description="Optimizer steps (--max-steps overrides).")
     checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints in storage (and the last step always).")
     log_every: int = Field(10, ge=1, description="Steps between progress lines.")
@@ -266,6 +267,13 @@ class FinetuneConfig(_Section):
         if not v or not all(isinstance(t, str) and t for t in v):
             raise ValueError("list at least one module name for LoRA, e.g. q_proj")
         return v
+
+    @model_validator(mode="after")
+    def _batch_fits_workers(self) -> "FinetuneConfig":
+        if self.batch_size < 2 * self.num_workers:
+            raise ValueError(f"batch_size {self.batch_size} is split across {self.num_workers} workers: each needs at "
+                             f"least 2 examples for its in-batch negatives, so use batch_size >= {2 * self.num_workers}")
+        return self
 
 
 class InterpretConfig(_Section):

@@ -36,13 +36,13 @@ class Job:
         return examples[:n] if n else examples
 
     def plan(self, n_examples: int) -> list[list[int]]:
-        """Example indices of each step's global batch (batch_size per worker), epoch after epoch of
-        seeded permutations: the same for every run with the same seed, so a resumed run (or one
-        with more steps) repeats exactly the batches before its checkpoint."""
-        size = self.cfg.finetune.batch_size * self.world
+        """Example indices of each step's global batch (finetune.batch_size, split evenly across the
+        workers), epoch after epoch of seeded permutations: the same for every run with the same seed,
+        so a resumed run (or one with more steps) repeats exactly the batches before its checkpoint."""
         if n_examples < 2 * self.world:
             raise ValueError(f"{n_examples} training examples: contrastive batches need at least {2 * self.world}")
-        size = min(size, n_examples - n_examples % self.world)
+        size = min(self.cfg.finetune.batch_size, n_examples)
+        size -= size % self.world
         rng = np.random.default_rng(self.cfg.finetune.seed)
         batches: list[list[int]] = []
         while len(batches) < self.max_steps:

@@ -97,7 +97,7 @@ def _train_loop(config: dict) -> None:
     start = state["step"]
     if rank == 0:
         where = f"resuming at step {start}" if restored else "starting"
-        _say(f"[finetune {objective.name}] {where}; {max_steps} steps, {world} worker(s), batch {ft.batch_size}")
+        _say(f"[finetune {objective.name}] {where}; {max_steps} steps, {world} worker(s), batch {len(plan[0])}")
 
     def checkpoint(final: bool) -> None:
         metrics = {"step": state["step"], "loss": state["losses"][-1] if state["losses"] else float("nan")}
@@ -117,7 +117,8 @@ def _train_loop(config: dict) -> None:
     heads.train()
     run_seconds, began = state["seconds"], time.perf_counter()
     for step in range(start, max_steps):
-        examples = plan[step][rank * ft.batch_size:(rank + 1) * ft.batch_size]
+        share = len(plan[step]) // world
+        examples = plan[step][rank * share:(rank + 1) * share]
         loss = objective.loss(Batch(model, tokenizer, heads, data, examples, step, cfg, device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -25,7 +25,7 @@ SETTINGS = {
     "embed": {"batch_size": 8, "block_size": 4, "actors": 2, "threads_per_actor": 1},
     "srs": {"sources": ["llmemb"], "align_alpha": 0, "num_workers": 2, "epochs": 2, "patience": 1, "hidden_size": 16, "max_len": 10,
             "num_layers": 1, "batch_size": 64},
-    "finetune": {"num_workers": 2, "batch_size": 2, "threads_per_worker": 1, "max_examples": 8,
+    "finetune": {"num_workers": 2, "batch_size": 4, "threads_per_worker": 1, "max_examples": 8,
                  "checkpoint_every": 2, "lora_targets": ["q_proj", "v_proj"]},
 }
 

@@ -49,6 +49,13 @@ def test_edge_values_are_refused_at_load(key, value, problem):
     assert key in str(err.value) and problem in str(err.value)
 
 
+def test_finetune_batch_is_split_across_its_workers():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"finetune.num_workers": 2, "finetune.batch_size": 3})
+    assert "finetune" in str(err.value) and "batch_size >= 4" in str(err.value)
+    assert load_config(None, {"finetune.num_workers": 2, "finetune.batch_size": 4}).finetune.batch_size == 4
+
+
 @pytest.mark.parametrize("uri", ["./store", "/data/store", "store", "./a:b", "file:///data/store", "s3://bucket",
                                  "s3://bucket/prefix"])
 def test_accepted_storage_uris(uri):

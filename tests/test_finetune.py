@@ -19,6 +19,7 @@ from cluster.config import Config, ModelConfig
 from cluster.storage import Store
 from llm.engines import Adapter
 from finetune import FinetuneError, finetune
+from finetune.recipe import Job
 from finetune.scft import random_view
 from tests.conftest import REPO
 
@@ -73,6 +74,18 @@ def test_views_drop_clauses_or_words_and_are_never_empty():
     views = {random_view(title, 0.3, rng)["title"] for _ in range(20)}
     assert all(len(v.split()) == 6 for v in views) and len(views) > 1, "a single clause loses 30% of its words"
     assert random_view([("title", "Glue")], 0.9, rng) == {"title": "Glue"}, "never an empty view"
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_the_global_batch_is_the_same_for_any_worker_count(world):
+    """finetune.batch_size is per step, as srs.batch_size is: more workers split it, never grow it."""
+    cfg = Config.model_validate({"finetune": {"batch_size": 8, "num_workers": world}})
+    plan = Job(cfg, None, None, None, max_steps=7, resume=False, world=world).plan(20)
+    size = 8 - 8 % world
+    assert len(plan) == 7 and {len(b) for b in plan} == {size}
+    assert all(len(set(b)) == size for b in plan), "no example twice in one step"
+    single = Job(Config.model_validate({"finetune": {"batch_size": size}}), None, None, None, 7, False).plan(20)
+    assert plan == single, "the same seed gives the same steps whatever the worker count"
 
 
 def test_bad_inputs_are_refused_before_any_work(tmp_path):
