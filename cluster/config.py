@@ -166,6 +166,8 @@ class SRSConfig(_Section):
     num_heads: int = Field(1, ge=1)
     dropout: float = Field(ge=0, lt=1)
     pca_dim: int = Field(128, ge=2, description="LLMEmb intermediate size d_m.")
+    pca_whiten: bool = Field(False, description="Scale every principal component of the LLM embeddings to unit "
+                             "variance before use (BERT-whitening), in every source that reduces them by PCA.")
     epochs: int = Field(ge=1)
     patience: int = Field(ge=1, description="Epochs without a better validation NDCG@10 before stopping. Think in "
                           "optimizer steps: an ml-100k epoch is 8, and runs there need 40 to outlast validation plateaus.")

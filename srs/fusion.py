@@ -89,20 +89,26 @@ RIDGE = 1e-3         # ridge penalty of the text -> ID row regression, relative 
 
 
 class PCA(nn.Module):
-    """Projection on the top-k principal components of the rows it is fitted on (centered, not
-    whitened; k capped at min(D, n)), scaled by one constant to unit mean row norm over those rows,
-    so what follows starts at the same scale whatever the LLM's hidden-state norm. Buffers: the
-    published model can project an item added after training."""
+    """Projection on the top-k principal components of the rows it is fitted on (centered; k capped
+    at min(D, n)), scaled by one constant to unit mean row norm over those rows, so what follows
+    starts at the same scale whatever the LLM's hidden-state norm. With `whiten` each component is
+    first scaled to unit variance (BERT-whitening, Su et al. 2021): the few directions that hold most
+    of an anisotropic LLM table's variance no longer dominate its dot products. Buffers (the
+    whitening folded into the components): the published model can project an item added after
+    training."""
 
-    def __init__(self, x: np.ndarray, k: int):
+    def __init__(self, x: np.ndarray, k: int, whiten: bool = False):
         super().__init__()
         x = x.astype(np.float64)
         k = min(k, *x.shape)
         mean = x.mean(axis=0)
-        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-        norm = np.linalg.norm((x - mean) @ vt[:k].T, axis=1).mean()
+        _, sv, vt = np.linalg.svd(x - mean, full_matrices=False)
+        vt = vt[:k]
+        if whiten:
+            vt = vt / np.maximum(sv[:k, None], sv[0] * 1e-6)   # a component with no variance stays ~0
+        norm = np.linalg.norm((x - mean) @ vt.T, axis=1).mean()
         self.register_buffer("mean", torch.from_numpy(mean.astype(np.float32)))
-        self.register_buffer("components", torch.from_numpy(vt[:k].astype(np.float32)))
+        self.register_buffer("components", torch.from_numpy(vt.astype(np.float32)))
         self.register_buffer("scale", torch.tensor(1.0 / norm if norm > 0 else 1.0))
 
     @property
@@ -113,9 +119,9 @@ class PCA(nn.Module):
         return (x - self.mean) @ self.components.T * self.scale
 
 
-def fit_pca(llm: np.ndarray, k: int, warm: np.ndarray | None) -> PCA:
+def fit_pca(llm: np.ndarray, k: int, warm: np.ndarray | None, whiten: bool = False) -> PCA:
     """PCA fitted on the items training knows (all when `warm` is None)."""
-    return PCA(llm if warm is None else llm[warm], k)
+    return PCA(llm if warm is None else llm[warm], k, whiten)
 
 
 class IDEmbedding(ItemEmbedding):
@@ -223,10 +229,11 @@ class LLMEmbAdapter(ItemEmbedding):
         alpha: float = 0.0,
         gamma: float = 1.0,
         warm: np.ndarray | None = None,
+        whiten: bool = False,
     ):
         n_items = llm_embeddings.shape[0]
         super().__init__(n_items, dim)
-        self.pca = fit_pca(llm_embeddings, pca_dim if adapter else dim, warm)
+        self.pca = fit_pca(llm_embeddings, pca_dim if adapter else dim, warm, whiten)
         with torch.no_grad():
             reduced = self.pca(torch.from_numpy(llm_embeddings.astype(np.float32)))
         if not adapter and reduced.shape[1] != dim:
@@ -373,7 +380,7 @@ def tslrec_knowledge(llm: np.ndarray, id_table: np.ndarray, cfg: SRSConfig) -> n
     k-means of the pre-trained ID model's item embeddings (the categories the SFT will predict)."""
     labels = latent_categories(id_table, cfg.tslrec_clusters, cfg.seed)
     with torch.no_grad():
-        reduced = PCA(llm, cfg.pca_dim)(torch.from_numpy(llm.astype(np.float32))).numpy()
+        reduced = PCA(llm, cfg.pca_dim, cfg.pca_whiten)(torch.from_numpy(llm.astype(np.float32))).numpy()
     return np.concatenate([reduced, np.eye(cfg.tslrec_clusters, dtype=np.float32)[labels]], axis=1)
 
 
@@ -385,23 +392,24 @@ def joint_text_dropout(cfg: SRSConfig) -> float:
 def _id(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> IDEmbedding:
     if cfg.id_init == "random":
         return IDEmbedding(n_items, cfg.hidden_size)
-    return IDEmbedding(n_items, cfg.hidden_size, inputs.llm, fit_pca(inputs.llm, cfg.hidden_size, inputs.warm),
-                       joint_text_dropout(cfg))
+    return IDEmbedding(n_items, cfg.hidden_size, inputs.llm,
+                       fit_pca(inputs.llm, cfg.hidden_size, inputs.warm, cfg.pca_whiten), joint_text_dropout(cfg))
 
 
 def _llm_frozen(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:
-    return LLMEmbAdapter(inputs.llm, cfg.hidden_size, cfg.hidden_size, adapter=False, freeze=True, warm=inputs.warm)
+    return LLMEmbAdapter(inputs.llm, cfg.hidden_size, cfg.hidden_size, adapter=False, freeze=True, warm=inputs.warm,
+                         whiten=cfg.pca_whiten)
 
 
 def _llmemb(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> LLMEmbAdapter:
     return LLMEmbAdapter(inputs.llm, cfg.hidden_size, cfg.pca_dim, cfg.llmemb_adapter, cfg.llmemb_freeze,
-                         inputs.id_table, cfg.align_alpha, cfg.align_gamma, inputs.warm)
+                         inputs.id_table, cfg.align_alpha, cfg.align_gamma, inputs.warm, cfg.pca_whiten)
 
 
 def _llmesr(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:
-    ids = IDEmbedding(n_items, cfg.hidden_size, inputs.llm, fit_pca(inputs.llm, cfg.hidden_size, inputs.warm),
-                      joint_text_dropout(cfg))
-    semantic = LLMEmbAdapter(inputs.llm, cfg.hidden_size, cfg.pca_dim, warm=inputs.warm)
+    ids = IDEmbedding(n_items, cfg.hidden_size, inputs.llm,
+                      fit_pca(inputs.llm, cfg.hidden_size, inputs.warm, cfg.pca_whiten), joint_text_dropout(cfg))
+    semantic = LLMEmbAdapter(inputs.llm, cfg.hidden_size, cfg.pca_dim, warm=inputs.warm, whiten=cfg.pca_whiten)
     return DualView(ids, semantic)
 
 

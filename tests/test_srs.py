@@ -210,6 +210,22 @@ def test_llmemb_pca_shape_frozen_buffer_and_zero_padding():
     assert LLMEmbAdapter(emb, dim=16, pca_dim=8).reduced.shape == (30, 8)
 
 
+def test_pca_whitening_reaches_both_views_of_llmesr():
+    """srs.pca_whiten: every kept component of the text table carries the same variance (an LLM
+    table's first components dominate it otherwise), in the ID view's init and in the semantic view."""
+    rng = np.random.default_rng(0)
+    emb = (rng.normal(size=(60, 40)) * np.geomspace(30, 0.1, 40)).astype(np.float32)   # anisotropic
+    cfg = SMALL.model_copy(update={"hidden_size": 16, "pca_dim": 24})
+    spread = {}
+    for whiten in (False, True):
+        items = build_item_embedding("llmesr", 60, cfg.model_copy(update={"pca_whiten": whiten}), SourceInputs(llm=emb))
+        ids, semantic = items.ids, items.semantic
+        std = ids.weight.weight[1:].detach().std(0)
+        spread[whiten] = (float(std.max() / std.min()), float(semantic.reduced.std(0).max() / semantic.reduced.std(0).min()))
+    assert spread[False][0] > 10 and spread[False][1] > 10
+    assert spread[True][0] < 1.01 and spread[True][1] < 1.01
+
+
 def test_llmemb_ablation_switches():
     emb = np.random.default_rng(0).normal(size=(30, 50)).astype(np.float32)
     cfg = SMALL.model_copy(update={"hidden_size": 16, "llmemb_adapter": False, "llmemb_freeze": False})
