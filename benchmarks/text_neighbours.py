@@ -28,15 +28,6 @@ def next_item_pairs(sequences: dict[str, list[str]], position: dict[str, int]) -
                      for j in range(len(s) - 3) if s[j] != s[j + 1]], dtype=np.int64).reshape(-1, 2)
 
 
-def reduce(x: np.ndarray, k: int | None, whiten: bool) -> np.ndarray:
-    x = x - x.mean(0)
-    if not k:
-        return x
-    _, sv, vt = np.linalg.svd(x, full_matrices=False)
-    y = x @ vt[:k].T
-    return y / np.maximum(sv[:k], sv[0] * 1e-6) if whiten else y
-
-
 def ranks(x: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Rank of b among all items but a, by cosine to a (0 = first)."""
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -51,7 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     from cluster.layout import run_name
     from cluster.storage import Store
     from llm.runs import aligned_vectors
+    import torch
+
     from srs.data import Ragged
+    from srs.fusion import PCA
     from srs.metrics import tail_items
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -78,7 +72,10 @@ def main(argv: list[str] | None = None) -> None:
         pairs = pairs[np.random.default_rng(args.seed).choice(len(pairs), args.pairs, replace=False)]
     train = Ragged.from_rows([[position[i] + 1 for i in s[:-2]] for s in sequences.values()])   # 1-based, as the SRS
     tail = tail_items(train, len(item_ids))[1:]
-    r = ranks(reduce(x, args.pca, args.whiten), pairs)
+    if args.pca:   # the SRS's own reduction (one scale factor beside it, which cosine ignores)
+        with torch.no_grad():
+            x = PCA(x, args.pca, args.whiten)(torch.from_numpy(x)).numpy()
+    r = ranks(x - x.mean(0), pairs)
     t = tail[pairs[:, 1]]
     variant = f"pca{args.pca}{'-white' if args.whiten else ''}" if args.pca else "centered"
     print(f"{len(item_ids)} items, {len(pairs)} pairs ({t.sum()} to tail items); chance HR@50 {50 / len(item_ids):.4f}")
