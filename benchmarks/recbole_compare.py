@@ -147,13 +147,12 @@ def recbole_config(cfg, threads: int, work: Path) -> dict:
 
 def load_data(dataset: str) -> tuple[dict[str, list[str]], list[str]]:
     """As benchmarks/srs.py: the catalog's sequences, ranked over the k-core's items."""
-    from catalog import load_catalog, user_sequences
+    from catalog import load_catalog, ranked_items, user_sequences
     from cluster.config import DatasetConfig
 
     catalog = load_catalog(DatasetConfig(name=dataset))
     sequences = user_sequences(catalog.interactions)
-    seen = set(catalog.interactions["item_id"].to_pylist())
-    item_ids = [i for i in catalog.items["item_id"].to_pylist() if i in seen]
+    item_ids = ranked_items(catalog.items["item_id"].to_pylist(), catalog.interactions)
     return sequences, item_ids
 
 

@@ -69,13 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_data(args: argparse.Namespace) -> tuple[dict[str, list[str]], list[str]]:
-    from catalog import load_catalog, user_sequences
+    from catalog import load_catalog, ranked_items, user_sequences
     from cluster.config import DatasetConfig
 
     catalog = load_catalog(DatasetConfig(name=args.dataset))
     sequences = user_sequences(catalog.interactions)
-    seen = set(catalog.interactions["item_id"].to_pylist())
-    item_ids = [i for i in catalog.items["item_id"].to_pylist() if i in seen]
+    item_ids = ranked_items(catalog.items["item_id"].to_pylist(), catalog.interactions)
     return sequences, item_ids
 
 

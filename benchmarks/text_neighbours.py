@@ -1,5 +1,5 @@
-"""How well does an item's text embedding alone find the item a user takes next? A minutes-long screen for
-item-text variants (pooling, whitening, adapters) before the SRS runs that take most of an hour each.
+"""How well does an item's text embedding alone find the item a user takes next? A screen for item-text
+variants (pooling, whitening, adapters) that trains nothing, before the SRS runs that take most of an hour each here.
 
     python benchmarks/text_neighbours.py --dataset amazon-beauty
     python benchmarks/text_neighbours.py --dataset amazon-beauty --run amazon-beauty-smollm2-scft --pca 128 --whiten
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,13 +38,11 @@ def ranks(x: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from catalog import load_catalog, user_sequences
+    from catalog import load_catalog, ranked_items, user_sequences
     from cluster.config import Config, DatasetConfig
     from cluster.layout import run_name
     from cluster.storage import Store
     from llm.runs import aligned_vectors
-    import torch
-
     from srs.data import Ragged
     from srs.fusion import PCA
     from srs.metrics import tail_items
@@ -62,8 +61,7 @@ def main(argv: list[str] | None = None) -> None:
 
     catalog = load_catalog(DatasetConfig(name=args.dataset))
     sequences = user_sequences(catalog.interactions)
-    seen = set(catalog.interactions["item_id"].to_pylist())
-    item_ids = [i for i in catalog.items["item_id"].to_pylist() if i in seen]
+    item_ids = ranked_items(catalog.items["item_id"].to_pylist(), catalog.interactions)
     run = args.run or run_name(Config(dataset=DatasetConfig(name=args.dataset)))
     x = aligned_vectors(Store(args.store), run, item_ids)
     position = {item: k for k, item in enumerate(item_ids)}

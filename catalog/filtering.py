@@ -1,6 +1,7 @@
 """k-core filtering, per-user sequences and the leave-one-out split used by every SRS paper we compare to."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,13 @@ def user_sequences(interactions: pa.Table) -> dict[str, list[str]]:
     for user, item in zip(ordered["user_id"].to_pylist(), ordered["item_id"].to_pylist()):
         sequences.setdefault(user, []).append(item)
     return sequences
+
+
+def ranked_items(item_ids: Iterable[str], interactions: pa.Table) -> list[str]:
+    """The items an SRS ranks: those of `item_ids` (in their order) that some interaction names, so the
+    k-core's items, not every catalog item (an item nobody took has nothing to learn from)."""
+    seen = set(interactions["item_id"].to_pylist())
+    return [i for i in item_ids if i in seen]
 
 
 @dataclass

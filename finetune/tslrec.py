@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from catalog import user_sequences
+from catalog import ranked_items, user_sequences
 from cluster.config import Config
 from finetune.lora import backbone
 from finetune.recipe import Batch, Job, Objective
@@ -118,8 +118,7 @@ class TSLRec(Objective):
         cfg, cat = job.cfg, job.catalog
         k = cfg.srs.tslrec_clusters
         sequences = user_sequences(cat.interactions)
-        seen = set(cat.interactions["item_id"].to_pylist())
-        item_ids = [i for i in cat.items["item_id"].to_pylist() if i in seen]  # the SRS's items (k-core)
+        item_ids = ranked_items(cat.items["item_id"].to_pylist(), cat.interactions)
         table = id_item_table(job, sequences, item_ids)
         categories = latent_categories(table, k, cfg.finetune.seed)
         pos = {item: i for i, item in enumerate(item_ids)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow.compute as pc
 
-from catalog import user_sequences
+from catalog import ranked_items, user_sequences
 from cluster.config import Config
 from cluster.layout import (catalog_file, catalog_name, live_catalog_file, live_run, report_file, run_name,
                             train_runs_dir)
@@ -36,8 +36,7 @@ def train_catalog(cfg: Config, store: Store) -> dict:
     interactions = store.read_parquet(catalog_file(catalog_name(cfg), "interactions"))
     interactions = interactions.filter(pc.is_in(interactions["item_id"], value_set=catalog_items))
     sequences = user_sequences(interactions)
-    seen = set(interactions["item_id"].to_pylist())
-    item_ids = [i for i in catalog_items.to_pylist() if i in seen]
+    item_ids = ranked_items(catalog_items.to_pylist(), interactions)
     results: dict[str, dict[str, float]] = {"popularity": popularity_metrics(sequences)}
     id_items = None  # the ID model's item table: LLMEmb's alignment target, so it is not trained twice
     for source in sorted(cfg.srs.sources, key=lambda s: s != "id"):
