@@ -199,7 +199,12 @@ def read_parts(store: Store, run: str, names: list[str] | None = None,
     return pa.concat_tables(tables), hashes
 
 
-REPAIR = "`guidedrec embed --resume` with the run's options re-embeds only those blocks"
+def repair_hint(run: str, manifest: dict) -> str:
+    """How to mend a run whose parts were lost or changed: an update run is rebuilt from its own stored
+    catalogs and its parent, a run that embed wrote by embed with the same options."""
+    if manifest.get("parent"):
+        return f"`guidedrec update --repair {run}` re-embeds only those blocks and re-copies the parent's rows"
+    return "`guidedrec embed --resume` with the run's options re-embeds only those blocks"
 
 
 def damaged_parts(store: Store, run: str) -> list[str]:
@@ -220,12 +225,12 @@ def read_committed_run(store: Store, run: str, columns: list[str] | None = None)
         raise StorageError(f"{store.full_uri(rel)}: its manifest lists no part files")
     if missing := sorted(parts.keys() - set(store.list(rel))):
         raise StorageError(f"{store.full_uri(rel)}: part {missing[0]} is missing ({len(missing)} of {len(parts)} "
-                           f"committed parts): {REPAIR}")
+                           f"committed parts): {repair_hint(run, manifest)}")
     table, hashes = read_parts(store, run, sorted(parts), columns)
     changed = [name for name in sorted(parts) if hashes[name] != parts[name]]
     if changed:
         raise StorageError(f"{store.full_uri(rel)}: part {changed[0]} differs from the one committed "
-                           f"({len(changed)} changed): {REPAIR}")
+                           f"({len(changed)} changed): {repair_hint(run, manifest)}")
     if table.num_rows != manifest.get("rows", table.num_rows):
         raise StorageError(f"{store.full_uri(rel)}: {table.num_rows} rows, the manifest says {manifest['rows']}")
     return table, manifest

@@ -5,7 +5,8 @@ id and content hash: new and changed items are embedded (unless a row with the s
 hash can lend its vector), unchanged rows are copied byte for byte into one more part file,
 deleted items are left out. The run is committed with its parent and the counts, its catalog
 is published beside it, and the index is upserted (or rebuilt) into a new CURRENT version.
-The input is read and validated before anything is written.
+The input is read and validated before anything is written. A committed update run that later
+lost or changed parts is mended from what it stored (repair_update_run).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import pyarrow.compute as pc
 
 from catalog.changes import load_items
 from cluster.config import Config
-from cluster.layout import catalog_dir, catalog_file, current_version, read_committed_run, run_dir, update_run_name
+from cluster.layout import (catalog_dir, catalog_file, current_version, damaged_parts, read_committed_run, run_dir,
+                            update_run_name)
 from cluster.storage import Store
 from index.versions import update_from_run, version_manifest
 from llm.embed import commit_run, embed_items
@@ -131,3 +133,38 @@ def update_catalog(cfg: Config, store: Store, catalog: Path | None, delta: bool 
     version = update_from_run(store, run, cfg.index, upserted=d.new + d.changed, deleted=d.deleted)
     return {"run": run, "parent": parent, "version": version, "method": version_manifest(store, version)["method"],
             "counts": counts, "manifest": manifest, "seconds": round(time.time() - started, 2)}
+
+
+def repair_update_run(cfg: Config, store: Store, run: str) -> dict:
+    """Mend a committed update run whose parts were lost or changed, back to the rows it committed: its
+    embedded blocks again from its stored "embedded" catalog, its copy part again from its parent (which
+    must be intact); then commit it anew. Returns (its manifest, the parts mended); an intact run is left
+    as it is."""
+    started = time.time()
+    manifest = store.manifest(run_dir(run))   # StorageError unless committed
+    parent = manifest.get("parent")
+    if not parent:
+        raise ValueError(f"run {run} was not written by an update (it has no parent): repair it with "
+                         "`guidedrec embed --resume` and the run's options")
+    if manifest["model"] != cfg.model.path:
+        raise ValueError(f"run {run} was embedded with {manifest['model']!r}, the config names {cfg.model.path!r}")
+    damaged = damaged_parts(store, run)
+    if not damaged:
+        return {"manifest": manifest, "repaired": []}
+    if COPY_PART in damaged:   # read before anything is deleted: a damaged parent stops the repair here
+        old, _ = read_committed_run(store, parent, embedding_schema(manifest["dims"]).names)
+        copied = copied_rows(old, diff_items(old, store.read_parquet(catalog_file(run, "items"))))
+    for name in damaged:
+        if store.exists(f"{run_dir(run)}/{name}"):
+            store.delete_file(f"{run_dir(run)}/{name}")
+    timing = {}
+    if any(name != COPY_PART for name in damaged):
+        domain = store.manifest(catalog_dir(run))["domain"]
+        timing = embed_items(cfg, store, catalog_file(run, "embedded"), run, domain, resume=True)
+    if COPY_PART in damaged:
+        store.write_parquet(f"{run_dir(run)}/{COPY_PART}", copied)
+    kept = {k: manifest[k] for k in ("counts", "quarantined", "embed")}
+    manifest = commit_run(cfg, store, run, catalog_rel=manifest["catalog"], expected_rows=manifest["rows"],
+                          started=started, parent=parent,
+                          extra={**kept, "repaired": {"parts": damaged, "embed": timing}})
+    return {"manifest": manifest, "repaired": damaged}

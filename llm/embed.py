@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 from catalog import profile_prompts
 from catalog.publish import ensure_catalog
 from cluster.config import Config
-from cluster.layout import (REPAIR, catalog_file, catalog_name, damaged_parts, read_parts, run_dir, run_name,
-                            users_run)
+from cluster.layout import (catalog_file, catalog_name, damaged_parts, read_parts, run_dir, run_name,
+                            repair_hint, users_run)
 from cluster.runtime import init_ray, node_cpus
 from cluster.storage import StorageError, Store
 from llm.adapters import check_adapter
@@ -173,7 +173,7 @@ def _needs_embedding(store: Store, run: str, overwrite: bool, resume: bool) -> b
     damaged = damaged_parts(store, run)
     if damaged and not resume:
         raise StorageError(f"embeddings run {store.full_uri(rel)} is committed, but its part {damaged[0]} is missing "
-                           f"or changed ({len(damaged)} damaged): {REPAIR}")
+                           f"or changed ({len(damaged)} damaged): {repair_hint(run, store.manifest(rel))}")
     for name in damaged:
         if store.exists(f"{rel}/{name}"):
             store.delete_file(f"{rel}/{name}")

@@ -7,6 +7,7 @@ beyond the subset) and deletes 1%.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -16,15 +17,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalog import item_prompt, load_catalog
-from cluster import Store, load_config
+from cluster import Store, StorageError, load_config
 from cluster.config import DatasetConfig
+from cluster.layout import read_committed_run
 from index import (build_from_run, current_version, item_titles, list_versions, load_index, similar_items,
                    version_manifest)
 from catalog.changes import read_deletions
 from index.update import COPY_PART
 from jobs.embed import run_embed
 from jobs.index import run_index
-from jobs.update import run_update
+from jobs.update import run_repair, run_update
 
 BASE, CHANGED, NEW, DELETED = 100, 5, 2, 1   # 5% changed, 2% new, 1% deleted
 TEXT = ["item_id", "title", "categories", "brand"]
@@ -170,6 +172,48 @@ def test_an_unchanged_catalog_commits_nothing(world):
     summary = run_update(cfg, path, store)
     assert summary["method"] is None and summary["run"] == run and summary["counts"]["embedded"] == 0
     assert store.list("embeddings") == runs and list_versions(store) == versions
+
+
+@pytest.mark.slow
+def test_repair_mends_an_update_run_that_lost_parts(world, tmp_path, monkeypatch, capsys):
+    """A damaged update run used to send users to `embed --resume`, which never reaches an update run.
+    `update --repair` re-embeds its lost block and re-derives its copy part from the parent, back to the
+    bytes committed; a damaged parent stops it before anything is touched."""
+    shutil.copytree(world["root"] / "store", tmp_path / "store")
+    store = Store(str(tmp_path / "store"))
+    cfg = world["cfg"].model_copy(update={"storage": world["cfg"].storage.model_copy(
+        update={"uri": str(tmp_path / "store")})})
+    run, base = world["summary"]["run"], world["base_run"]
+    committed = store.manifest(f"embeddings/{run}")["parts"]
+    embedded = sorted(set(committed) - {COPY_PART})[0]
+    store.write_bytes(f"embeddings/{run}/{COPY_PART}", store.read_bytes(f"embeddings/{run}/{embedded}"))
+    store.delete_file(f"embeddings/{run}/{embedded}")
+    with pytest.raises(StorageError, match=f"part {embedded} is missing.*`guidedrec update --repair {run}`"):
+        read_committed_run(store, run)
+
+    base_part = sorted(store.manifest(f"embeddings/{base}")["parts"])[0]
+    base_bytes = store.read_bytes(f"embeddings/{base}/{base_part}")
+    store.delete_file(f"embeddings/{base}/{base_part}")
+    with pytest.raises(StorageError, match=f"{base}: part {base_part} is missing.*guidedrec embed --resume"):
+        run_repair(cfg, run, store)
+    assert {p for p in store.list(f"embeddings/{run}") if p.endswith(".parquet")} == set(committed) - {embedded}
+    store.write_bytes(f"embeddings/{base}/{base_part}", base_bytes)
+
+    summary = run_repair(cfg, run, store)
+    assert sorted(summary["repaired"]) == sorted([embedded, COPY_PART])
+    assert summary["manifest"]["parts"] == committed and summary["manifest"]["parent"] == base
+    assert read_committed_run(store, run)[0].num_rows == world["summary"]["manifest"]["rows"]
+    with pytest.raises(ValueError, match=f"run {base} was not written by an update"):
+        run_repair(cfg, base, store)
+
+    from jobs import cli
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"storage:\n  uri: {store.uri}\n")
+    monkeypatch.setattr(sys, "argv", ["guidedrec", "update", "--repair", run, "--config", str(config)])
+    cli.main()
+    assert f"update: run {run} is intact: nothing to repair" in capsys.readouterr().out
+    assert store.manifest(f"embeddings/{run}") == summary["manifest"], "an intact run is left as committed"
 
 
 def _bad_inputs(root):
