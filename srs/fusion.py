@@ -66,9 +66,13 @@ class ItemEmbedding(nn.Module):
         """Append rows for items the model never trained on, computed from their LLM embeddings [m, D]."""
         raise ValueError(f"the {type(self).__name__} item source cannot give a row to an item it never trained on")
 
-    def after_training(self, known: torch.Tensor) -> None:
+    def scored(self, views: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The table candidates are scored against, from this pass's `views`: the views side by side."""
+        return torch.cat(views, 1)
+
+    def after_training(self, known: torch.Tensor, counts: torch.Tensor) -> None:
         """Once the best weights are back: what a source learns from its trained table ([n_items] bool
-        `known`: the items training saw; the others are cold)."""
+        `known`: the items training saw, the others are cold; `counts`: each item's training interactions)."""
 
     def text_map_stage(self, dropout: float) -> list[nn.Parameter]:
         """Turn text dropout on (> 0: returns the parameters that map text to rows, to be trained over
@@ -179,7 +183,7 @@ class IDEmbedding(ItemEmbedding):
         return [self.text_map]
 
     @torch.no_grad()
-    def after_training(self, known: torch.Tensor) -> None:
+    def after_training(self, known: torch.Tensor, counts: torch.Tensor) -> None:
         if self.pca is None:
             return
         if not self.text_map.requires_grad:   # never trained: the ridge fit
@@ -350,11 +354,19 @@ class DualView(ItemEmbedding):
     embeddings through LLMEmb's adapter. The backbone encodes each view with the same weights; the
     user vector and the item table are the two side by side (2d wide), so an item scores by the sum
     of both views' dot products: the ID view learns the collaborative signal, the semantic view
-    keeps what the text says, which is all a tail or new item has."""
+    keeps what the text says, which is all a tail or new item has.
 
-    def __init__(self, ids: IDEmbedding, semantic: LLMEmbAdapter):
+    With `semantic_boost` b > 0 the trained model trusts the semantic view more for items training saw
+    little of: at inference an item's semantic score is weighted by 1 + b * m / (m + n), n its training
+    interactions and m the median over the trained items (1 + b for an item added after training,
+    1 + b/2 at the median, about 1 for the most popular). Training and its validation are unchanged; the
+    weights are set once trained and kept in the published weights."""
+
+    def __init__(self, ids: IDEmbedding, semantic: LLMEmbAdapter, semantic_boost: float = 0.0):
         super().__init__(ids.n_items, ids.dim)
         self.ids, self.semantic = ids, semantic
+        self.semantic_boost = semantic_boost
+        self.register_buffer("semantic_weight", torch.ones(ids.n_items + 1), persistent=semantic_boost > 0)
 
     def views(self) -> tuple[torch.Tensor, ...]:
         return self.ids.table(), self.semantic.table()
@@ -362,13 +374,23 @@ class DualView(ItemEmbedding):
     def table(self) -> torch.Tensor:
         return torch.cat(self.views(), 1)
 
+    def scored(self, views: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.cat([views[0], views[1] * self.semantic_weight[:, None]], 1)
+
     def add_items(self, llm: torch.Tensor) -> None:
         self.ids.add_items(llm)
         self.semantic.add_items(llm)
+        self.semantic_weight = torch.cat([self.semantic_weight, self.semantic_weight.new_full(
+            (len(llm),), 1 + self.semantic_boost)])
         self.n_items = self.ids.n_items
 
-    def after_training(self, known: torch.Tensor) -> None:
-        self.ids.after_training(known)
+    @torch.no_grad()
+    def after_training(self, known: torch.Tensor, counts: torch.Tensor) -> None:
+        self.ids.after_training(known, counts)
+        if self.semantic_boost:
+            counts = counts.to(self.semantic_weight)
+            median = counts[known].median().clamp_min(1.0)
+            self.semantic_weight[1:] = 1 + self.semantic_boost * median / (median + counts)
 
     def text_map_stage(self, dropout: float) -> list[nn.Parameter]:
         return self.ids.text_map_stage(dropout)
@@ -410,7 +432,7 @@ def _llmesr(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding
     ids = IDEmbedding(n_items, cfg.hidden_size, inputs.llm,
                       fit_pca(inputs.llm, cfg.hidden_size, inputs.warm, cfg.pca_whiten), joint_text_dropout(cfg))
     semantic = LLMEmbAdapter(inputs.llm, cfg.hidden_size, cfg.pca_dim, warm=inputs.warm, whiten=cfg.pca_whiten)
-    return DualView(ids, semantic)
+    return DualView(ids, semantic, cfg.semantic_boost)
 
 
 def _ger(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:

@@ -295,7 +295,7 @@ def test_after_training_cold_rows_are_what_the_text_predicts():
     known = torch.from_numpy(cold_items(120, 0.2, seed=0)[1:]).logical_not()
     with torch.no_grad():
         items.weight.weight[1:][~known] = 0   # the cold rows as training left them: untrained
-    items.after_training(known)
+    items.after_training(known, torch.zeros(120))
     torch.testing.assert_close(items.table()[1:][~known], truth[~known], atol=0.05, rtol=0.05)
     items.add_items(torch.from_numpy(llm[:3]))
     torch.testing.assert_close(items.table()[-3:], truth[:3], atol=0.05, rtol=0.05)
@@ -356,6 +356,38 @@ def test_view_attention_trains_every_backbone_and_never_reads_the_future(model_n
     without = build_model("llmesr", 40, cfg.model_copy(update={"view_attention": False}), cycle_embeddings(40))
     assert without.view_attention is None and not torch.allclose(model.user_vector(seq), without.eval().user_vector(seq))
     assert build_model("id", 40, cfg).view_attention is None   # one view: nothing to attend to
+
+
+def test_semantic_boost_weights_rare_and_new_items_semantic_scores_once_trained():
+    """llmesr with semantic_boost: training (its loss) is unchanged; once trained, an item's semantic-view
+    score is weighted by 1 + b * m / (m + n) and its ID-view score is not; a new item gets 1 + b; the weights
+    travel with the published weights."""
+    cfg = SMALL.model_copy(update={"semantic_boost": 2.0})
+    seq = torch.tensor([[0, 0, 3, 4, 9], [1, 2, 3, 4, 5]])
+    batch = TrainBatch(seq, torch.tensor([[0, 0, 4, 9, 6], [2, 3, 4, 5, 6]]))
+    torch.manual_seed(0)
+    boosted = build_model("llmesr", 40, cfg, cycle_embeddings(40))
+    torch.manual_seed(0)
+    plain = build_model("llmesr", 40, cfg.model_copy(update={"semantic_boost": 0.0}), cycle_embeddings(40))
+    torch.manual_seed(1)
+    loss = boosted.train()(batch)
+    torch.manual_seed(1)
+    torch.testing.assert_close(loss, plain.train()(batch))
+
+    counts = torch.arange(40.0)                      # item i + 1 was seen i times; median 19 (the lower middle)
+    boosted.eval().items.after_training(torch.ones(40, dtype=torch.bool), counts)
+    weight = 1 + 2.0 * 19 / (19 + counts)
+    torch.testing.assert_close(boosted.items.semantic_weight[1:], weight)
+    with torch.no_grad():
+        ids, semantic = boosted.items.views()
+        users = boosted._users(seq, (ids, semantic))
+        expected = users[0] @ ids.T + (users[1] @ semantic.T) * torch.cat([torch.ones(1), weight])
+        torch.testing.assert_close(boosted.score_all(seq), expected)
+
+    loaded = build_model("llmesr", 40, cfg, np.zeros((40, 32), np.float32))
+    loaded.load_state_dict(boosted.state_dict())
+    loaded.items.add_items(torch.from_numpy(cycle_embeddings(42)[40:]))
+    torch.testing.assert_close(loaded.items.semantic_weight[1:], torch.cat([weight, torch.full((2,), 3.0)]))
 
 
 def test_similar_rows_are_the_rows_whose_items_read_alike():

@@ -90,7 +90,7 @@ class SeqRecommender(nn.Module):
 
     def score_all(self, seq: torch.Tensor) -> torch.Tensor:
         views = self.items.views()
-        return torch.cat(self._users(seq, views), -1) @ torch.cat(views, 1).T
+        return torch.cat(self._users(seq, views), -1) @ self.items.scored(views).T
 
     def forward(self, batch: TrainBatch) -> torch.Tensor:
         """The training loss plus the item source's own term (LLMEmb's alignment) over the
