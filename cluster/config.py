@@ -148,9 +148,9 @@ class SRSConfig(_Section):
     text_map_steps: int = Field(300, ge=0, description="With text_dropout: N > 0 trains the text map alone for N "
                                 "optimizer steps over the trained, frozen model, which then ranks warm items exactly "
                                 "as without text dropout; 0 trains it with the model.")
-    semantic_boost: float = Field(0.0, ge=0, description="llmesr: once trained, each item's semantic-view score is "
-                                  "weighted by 1 + b * m / (m + n), n its training interactions, m their median over "
-                                  "the items: rare and new items lean on their text. Training is unchanged. 0: off.")
+    semantic_boost: float = Field(0.0, ge=0, description="llmesr: once trained, the semantic-view score of a tail "
+                                  "item (outside the 20% most popular in training) or of an item added after training "
+                                  "is weighted by 1 + b: they lean on their text. Training is unchanged. 0: off.")
     view_attention: bool = Field(False, description="llmesr: before the backbone, each view's item sequence attends "
                                  "to the other view's (LLM-ESR's cross-attention; causal for SASRec and GRU4Rec). Sources with one view ignore it.")
     distill_weight: float = Field(0.0, ge=0, description="LLM-ESR's retrieval-augmented self-distillation (sources "

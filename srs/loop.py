@@ -185,8 +185,7 @@ def fit(
         fit_text_map(net, loader, cfg, lambda b: batch_of(b, data, train_inputs, net, known_items, negatives, device,
                                                           distill=False), worker)
     known = np.ones(data.n_items, dtype=bool) if data.warm is None else data.warm
-    counts = np.bincount(data.train_seen.values, minlength=data.n_items + 1)[1:]
-    net.items.after_training(torch.from_numpy(known).to(device), torch.from_numpy(counts).to(device))
+    net.items.after_training(torch.from_numpy(known).to(device), torch.from_numpy(tail[1:]).to(device))
     s.best_model = _weights(net)   # what is published: with what the source learned after training
     test = evaluate(net, data.test_inputs, data.test_seen, data.test_targets, tail, device, candidates, data.cold)
     with torch.no_grad():

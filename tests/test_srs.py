@@ -295,7 +295,7 @@ def test_after_training_cold_rows_are_what_the_text_predicts():
     known = torch.from_numpy(cold_items(120, 0.2, seed=0)[1:]).logical_not()
     with torch.no_grad():
         items.weight.weight[1:][~known] = 0   # the cold rows as training left them: untrained
-    items.after_training(known, torch.zeros(120))
+    items.after_training(known, torch.zeros(120, dtype=torch.bool))
     torch.testing.assert_close(items.table()[1:][~known], truth[~known], atol=0.05, rtol=0.05)
     items.add_items(torch.from_numpy(llm[:3]))
     torch.testing.assert_close(items.table()[-3:], truth[:3], atol=0.05, rtol=0.05)
@@ -359,9 +359,9 @@ def test_view_attention_trains_every_backbone_and_never_reads_the_future(model_n
 
 
 def test_semantic_boost_weights_rare_and_new_items_semantic_scores_once_trained():
-    """llmesr with semantic_boost: training (its loss) is unchanged; once trained, an item's semantic-view
-    score is weighted by 1 + b * m / (m + n) and its ID-view score is not; a new item gets 1 + b; the weights
-    travel with the published weights."""
+    """llmesr with semantic_boost: training (its loss) is unchanged; once trained, a tail item's semantic-view
+    score is weighted by 1 + b, a head item's and every ID-view score are not; a new item gets 1 + b; the
+    weights travel with the published weights."""
     cfg = SMALL.model_copy(update={"semantic_boost": 2.0})
     seq = torch.tensor([[0, 0, 3, 4, 9], [1, 2, 3, 4, 5]])
     batch = TrainBatch(seq, torch.tensor([[0, 0, 4, 9, 6], [2, 3, 4, 5, 6]]))
@@ -374,9 +374,9 @@ def test_semantic_boost_weights_rare_and_new_items_semantic_scores_once_trained(
     torch.manual_seed(1)
     torch.testing.assert_close(loss, plain.train()(batch))
 
-    counts = torch.arange(40.0)                      # item i + 1 was seen i times; median 19 (the lower middle)
-    boosted.eval().items.after_training(torch.ones(40, dtype=torch.bool), counts)
-    weight = 1 + 2.0 * 19 / (19 + counts)
+    tail = torch.arange(40) % 5 != 0
+    boosted.eval().items.after_training(torch.ones(40, dtype=torch.bool), tail)
+    weight = 1 + 2.0 * tail.float()
     torch.testing.assert_close(boosted.items.semantic_weight[1:], weight)
     with torch.no_grad():
         ids, semantic = boosted.items.views()
