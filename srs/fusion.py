@@ -142,15 +142,20 @@ class IDEmbedding(ItemEmbedding):
     only by their text: while the model trains (`text_dropout` here), or afterwards over the frozen
     model with only the map trainable (`text_map_stage`, srs.text_map_steps), which leaves the warm
     items' ranking as trained. A map never trained is a ridge regression from the items' PCA'd text
-    to their trained rows, fitted after training (measured: cold items still rank last)."""
+    to their trained rows, fitted after training (measured: cold items still rank last).
+
+    With `cold_knn` k > 0 an untrained item's row is instead the mean trained row of the k known items
+    nearest to it by text (neighbour imputation): rows the trained scores already rank, not a map's
+    prediction of one. The PCA'd text and which items were trained are then kept in the weights."""
 
     def __init__(self, n_items: int, dim: int, llm: np.ndarray | None = None, pca: PCA | None = None,
-                 text_dropout: float = 0.0):
+                 text_dropout: float = 0.0, cold_knn: int = 0):
         super().__init__(n_items, dim)
         self.weight = nn.Embedding(n_items + 1, dim, padding_idx=0)
         nn.init.normal_(self.weight.weight, std=ID_INIT_STD)
         self.pca = pca
         self.text_dropout = text_dropout
+        self.cold_knn = cold_knn
         if pca is not None:
             if pca.k != dim:
                 raise ValueError(f"the LLM embeddings allow {pca.k} principal components, the ID table needs {dim}")
@@ -159,13 +164,26 @@ class IDEmbedding(ItemEmbedding):
                                          requires_grad=text_dropout > 0)
             with torch.no_grad():
                 text = pca(torch.from_numpy(llm.astype(np.float32)))
-                self.register_buffer("text", text, persistent=False)   # training-time only
+                self.register_buffer("text", text, persistent=cold_knn > 0)   # else training-time only
+                self.register_buffer("known", torch.ones(n_items, dtype=torch.bool), persistent=cold_knn > 0)
                 self.weight.weight[1:] = self._from_text(text)
         with torch.no_grad():
             self.weight.weight[0].zero_()
 
     def _from_text(self, text: torch.Tensor) -> torch.Tensor:
         return torch.cat([text, text.new_ones(len(text), 1)], 1) @ self.text_map
+
+    def _untrained_rows(self, text: torch.Tensor) -> torch.Tensor:
+        """Rows for items known only by their PCA'd text: the text map's, or with cold_knn the mean trained
+        row of their nearest known items, nearest by cosine after each component is scaled to unit variance
+        (whitened neighbours hold the next item more often: benchmarks/text_neighbours.py)."""
+        if not self.cold_knn:
+            return self._from_text(text)
+        known = self.known.nonzero().squeeze(1)
+        spread = self.text[known].std(0).clamp_min(1e-12)
+        sim = F.normalize(text / spread, dim=1) @ F.normalize(self.text[known] / spread, dim=1).T
+        nearest = known[sim.topk(min(self.cold_knn, len(known)), dim=1).indices]
+        return self.weight.weight[1:][nearest].mean(1)
 
     def table(self) -> torch.Tensor:
         rows = self.weight.weight
@@ -193,12 +211,16 @@ class IDEmbedding(ItemEmbedding):
             gram = x[known].T @ x[known]
             ridge = RIDGE * gram.trace() / len(gram) * torch.eye(len(gram), dtype=x.dtype, device=x.device)
             self.text_map.copy_(torch.linalg.solve(gram + ridge, x[known].T @ y[known]))
-        self.weight.weight[1:][~known] = self._from_text(self.text[~known])
+        self.known.copy_(known)
+        self.weight.weight[1:][~known] = self._untrained_rows(self.text[~known])
 
     def add_items(self, llm: torch.Tensor) -> None:
         if self.pca is None:
             super().add_items(llm)   # refuses: a random initial row says nothing about a new item
-        rows = torch.cat([self.weight.weight.detach(), self._from_text(self.pca(llm.to(self.weight.weight)))])
+        text = self.pca(llm.to(self.weight.weight))
+        rows = torch.cat([self.weight.weight.detach(), self._untrained_rows(text)])
+        self.text = torch.cat([self.text, text])
+        self.known = torch.cat([self.known, self.known.new_zeros(len(text))])
         self.weight = nn.Embedding.from_pretrained(rows, freeze=False, padding_idx=0)
         self.n_items = rows.shape[0] - 1
 
@@ -415,7 +437,8 @@ def _id(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> IDEmbedding:
     if cfg.id_init == "random":
         return IDEmbedding(n_items, cfg.hidden_size)
     return IDEmbedding(n_items, cfg.hidden_size, inputs.llm,
-                       fit_pca(inputs.llm, cfg.hidden_size, inputs.warm, cfg.pca_whiten), joint_text_dropout(cfg))
+                       fit_pca(inputs.llm, cfg.hidden_size, inputs.warm, cfg.pca_whiten), joint_text_dropout(cfg),
+                       cfg.cold_knn)
 
 
 def _llm_frozen(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:
@@ -430,7 +453,8 @@ def _llmemb(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> LLMEmbAdapter
 
 def _llmesr(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:
     ids = IDEmbedding(n_items, cfg.hidden_size, inputs.llm,
-                      fit_pca(inputs.llm, cfg.hidden_size, inputs.warm, cfg.pca_whiten), joint_text_dropout(cfg))
+                      fit_pca(inputs.llm, cfg.hidden_size, inputs.warm, cfg.pca_whiten), joint_text_dropout(cfg),
+                      cfg.cold_knn)
     semantic = LLMEmbAdapter(inputs.llm, cfg.hidden_size, cfg.pca_dim, warm=inputs.warm, whiten=cfg.pca_whiten)
     return DualView(ids, semantic, cfg.semantic_boost)
 

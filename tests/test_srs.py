@@ -84,15 +84,17 @@ def test_cold_items_appear_only_as_test_targets():
     assert cold[data.test_targets].any() and (~cold[data.test_targets]).any()
 
 
-@pytest.mark.parametrize("text_dropout, text_map_steps", [(0.0, 0), (0.3, 0), (0.3, 30)])
-def test_cold_items_score_from_their_text_only_with_llm_sources(text_dropout, text_map_steps):
+@pytest.mark.parametrize("text_dropout, text_map_steps, cold_knn", [(0.0, 0, 0), (0.3, 0, 0), (0.3, 30, 0),
+                                                                    (0.0, 0, 3)])
+def test_cold_items_score_from_their_text_only_with_llm_sources(text_dropout, text_map_steps, cold_knn):
     """Cold items never reach training: a random ID table cannot rank them; sources whose rows come
     from the LLM embeddings can (the cycle embeddings encode where an item sits on the users' walk),
     with the text map fitted after training (ridge), trained with the model (text dropout) or alone
-    over the trained model."""
+    over the trained model, or with the rows of their nearest known items by text."""
     sequences, ids = cyclic_sequences()
     cfg = SMALL.model_copy(update={"cold_items": 0.2, "align_alpha": 0.0, "loss": "ce", "epochs": 12,
-                                   "text_dropout": text_dropout, "text_map_steps": text_map_steps})
+                                   "text_dropout": text_dropout, "text_map_steps": text_map_steps,
+                                   "cold_knn": cold_knn})
     id_only = train(sequences, ids, cfg, "id", runner="local")
     text = cycle_embeddings()
     dual = train(sequences, ids, cfg, "llmesr", runner="local", item_embeddings=text)
