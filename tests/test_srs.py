@@ -303,6 +303,32 @@ def test_after_training_cold_rows_are_what_the_text_predicts():
     torch.testing.assert_close(items.table()[-3:], truth[:3], atol=0.05, rtol=0.05)
 
 
+def test_cold_knn_rows_are_their_nearest_known_items_rows_also_once_published():
+    """With cold_knn an untrained item's row is the mean trained row of its k nearest known items by whitened
+    text: after training, and through add_items in a model rebuilt from its saved weights (what serving loads)."""
+    cfg = SMALL.model_copy(update={"id_init": "llm-pca", "hidden_size": 16, "cold_knn": 3})
+    llm = cycle_embeddings(120)
+    items = build_item_embedding("id", 120, cfg, SourceInputs(llm=llm))
+    with torch.no_grad():
+        items.weight.weight[1:] = torch.randn(120, 16, generator=torch.Generator().manual_seed(0))
+    trained = items.weight.weight[1:].detach().clone()
+    known = torch.from_numpy(cold_items(120, 0.2, seed=0)[1:]).logical_not()
+    items.after_training(known)
+    rows = items.table()[1:].detach()
+    assert torch.equal(rows[known], trained[known])
+    warm, cold = np.flatnonzero(known.numpy()), np.flatnonzero(~known.numpy())
+    z = items.text.numpy() / items.text.numpy()[warm].std(0, ddof=1)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    for c in cold:
+        nearest = warm[np.argsort(-(z[warm] @ z[c]))[:3]]
+        np.testing.assert_allclose(rows[c].numpy(), trained[nearest].mean(0).numpy(), atol=1e-5)
+
+    loaded = build_item_embedding("id", 120, cfg, SourceInputs(llm=np.zeros_like(llm)))
+    loaded.load_state_dict(items.state_dict())
+    loaded.add_items(torch.from_numpy(llm[cold[:2]]))
+    torch.testing.assert_close(loaded.table()[-2:].detach(), rows[cold[:2]])
+
+
 def test_items_without_text_cannot_join_an_id_only_model():
     items = build_item_embedding("id", 10, SMALL)
     with pytest.raises(ValueError, match="cannot give a row to an item it never trained on"):
