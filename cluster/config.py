@@ -150,8 +150,8 @@ class SRSConfig(_Section):
                                 "as without text dropout; 0 trains it with the model.")
     cold_knn: int = Field(0, ge=0, description="ID tables initialised from text: k > 0 gives an item training never "
                           "saw (cold, or added after training) the mean trained row of the k known items nearest to it "
-                          "by text (cosine of the whitened PCA'd embeddings), instead of the row the text map predicts. 0: "
-                          "the text map.")
+                          "by text (cosine of the whitened PCA'd embeddings) instead of the row the text map predicts; "
+                          "no text dropout or map training then. 0: the text map.")
     semantic_boost: float = Field(0.0, ge=0, description="llmesr: once trained, the semantic-view score of a tail "
                                   "item (outside the 20% most popular in training) or of an item added after training "
                                   "is weighted by 1 + b: they lean on their text. Training is unchanged. 0: off.")

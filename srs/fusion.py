@@ -146,7 +146,8 @@ class IDEmbedding(ItemEmbedding):
 
     With `cold_knn` k > 0 an untrained item's row is instead the mean trained row of the k known items
     nearest to it by text (neighbour imputation): rows the trained scores already rank, not a map's
-    prediction of one. The PCA'd text and which items were trained are then kept in the weights."""
+    prediction of one; no text dropout then, and no map is trained. The PCA'd text and which items were
+    trained are kept in the weights, for items added after training."""
 
     def __init__(self, n_items: int, dim: int, llm: np.ndarray | None = None, pca: PCA | None = None,
                  text_dropout: float = 0.0, cold_knn: int = 0):
@@ -193,7 +194,7 @@ class IDEmbedding(ItemEmbedding):
         return rows
 
     def text_map_stage(self, dropout: float) -> list[nn.Parameter]:
-        if self.pca is None:
+        if self.pca is None or self.cold_knn:   # with cold_knn no row comes from the map: nothing to train
             return []
         self.text_dropout = dropout
         if dropout == 0:
@@ -429,8 +430,9 @@ def tslrec_knowledge(llm: np.ndarray, id_table: np.ndarray, cfg: SRSConfig) -> n
 
 
 def joint_text_dropout(cfg: SRSConfig) -> float:
-    """Text dropout while the model trains; none when the map is trained afterwards (text_map_steps)."""
-    return cfg.text_dropout if cfg.text_map_steps == 0 else 0.0
+    """Text dropout while the model trains; none when the map is trained afterwards (text_map_steps) or
+    unused (cold_knn)."""
+    return cfg.text_dropout if cfg.text_map_steps == 0 and not cfg.cold_knn else 0.0
 
 
 def _id(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> IDEmbedding:

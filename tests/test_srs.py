@@ -85,7 +85,7 @@ def test_cold_items_appear_only_as_test_targets():
 
 
 @pytest.mark.parametrize("text_dropout, text_map_steps, cold_knn", [(0.0, 0, 0), (0.3, 0, 0), (0.3, 30, 0),
-                                                                    (0.0, 0, 3)])
+                                                                    (0.3, 30, 3)])
 def test_cold_items_score_from_their_text_only_with_llm_sources(text_dropout, text_map_steps, cold_knn):
     """Cold items never reach training: a random ID table cannot rank them; sources whose rows come
     from the LLM embeddings can (the cycle embeddings encode where an item sits on the users' walk),
@@ -313,7 +313,7 @@ def test_cold_knn_rows_are_their_nearest_known_items_rows_also_once_published():
         items.weight.weight[1:] = torch.randn(120, 16, generator=torch.Generator().manual_seed(0))
     trained = items.weight.weight[1:].detach().clone()
     known = torch.from_numpy(cold_items(120, 0.2, seed=0)[1:]).logical_not()
-    items.after_training(known)
+    items.after_training(known, torch.zeros(120, dtype=torch.bool))
     rows = items.table()[1:].detach()
     assert torch.equal(rows[known], trained[known])
     warm, cold = np.flatnonzero(known.numpy()), np.flatnonzero(~known.numpy())
