@@ -206,7 +206,7 @@ class IDEmbedding(ItemEmbedding):
     def after_training(self, known: torch.Tensor, tail: torch.Tensor) -> None:
         if self.pca is None:
             return
-        if not self.text_map.requires_grad:   # never trained: the ridge fit
+        if not (self.cold_knn or self.text_map.requires_grad):   # an untrained map that rows read: the ridge fit
             x = torch.cat([self.text, self.text.new_ones(len(self.text), 1)], 1).double()
             y = self.weight.weight[1:].double()
             gram = x[known].T @ x[known]
