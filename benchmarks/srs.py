@@ -175,7 +175,7 @@ def write_results(args: argparse.Namespace, name: str, rows: list[dict], header:
     for k in (*reported(args), "epoch_s"):
         m, s = mean_std([r[k] for r in rows])
         table.append(f"| {k} | {m:.4f} | {s:.4f} |")
-    (out / f"{name}.md").write_text(f"{header}\n\n" + "\n".join(table) + "\n")
+    (out / f"{name}.md").write_text(f"{header}\n\n" + "\n".join(table) + "\n" + boost_table(rows))
     try:
         import matplotlib
 
@@ -192,6 +192,19 @@ def write_results(args: argparse.Namespace, name: str, rows: list[dict], header:
     fig.savefig(out / f"{name}.png", dpi=100)
     plt.close(fig)
     return out
+
+
+def boost_table(rows: list[dict]) -> str:
+    """With semantic_boost "auto": each b's mean validation NDCG@10 and test figures over the seeds, and how
+    often validation chose it ('' otherwise). Every b is scored on the same trained models."""
+    if "sweep" not in rows[0]:
+        return ""
+    keys = ("valid/NDCG@10", "test/HR@10", "test/NDCG@10", "test/tail/HR@10")
+    lines = ["", "| semantic_boost | " + " | ".join(keys) + " | chosen |", "|---" * (len(keys) + 2) + "|"]
+    for i, b in enumerate(row["boost"] for row in rows[0]["sweep"]):
+        cells = [" ± ".join(f"{x:.4f}" for x in mean_std([r["sweep"][i][k] for r in rows])) for k in keys]
+        lines.append(f"| {b:g} | " + " | ".join(cells) + f" | {sum(r['boost'] == b for r in rows)}/{len(rows)} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -235,10 +248,13 @@ def main(argv: list[str] | None = None) -> None:
         r = train(sequences, item_ids, cfg, args.source, runner="local" if args.in_process else "ray", **kwargs)
         row = {"seed": seed, **{k: r.test[k] for k in reported(args)}, "best_epoch": r.best_epoch, "epochs": r.epochs,
                "epoch_s": r.seconds_per_epoch, "curve": r.valid_curve}
+        if r.boost_sweep:
+            row["boost"], row["sweep"] = next(x["boost"] for x in r.boost_sweep if x["chosen"]), r.boost_sweep
         rows.append(row)
         print(f"seed={seed} HR@10={row['HR@10']:.4f} NDCG@10={row['NDCG@10']:.4f} MRR={row['MRR']:.4f} "
               f"tailHR@10={row['tail/HR@10']:.4f} " + cold_fields(args, row) + f"best_epoch={r.best_epoch}/{r.epochs} "
-              f"epoch_s={r.seconds_per_epoch:.1f} total_s={r.seconds:.0f}", flush=True)
+              + (f"boost={row['boost']:g} " if r.boost_sweep else "")
+              + f"epoch_s={r.seconds_per_epoch:.1f} total_s={r.seconds:.0f}", flush=True)
     overrides = " ".join(f"--set {kv}" for kv in args.overrides)
     header = (f"{name}: seeds {' '.join(map(str, args.seeds))}; {len(sequences)} users, {len(item_ids)} items; "
               f"config {cfg.model_dump(exclude={'seed', 'sources'})} {overrides}".rstrip())

@@ -9,7 +9,7 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -152,9 +152,13 @@ class SRSConfig(_Section):
                           "saw (cold, or added after training) the mean trained row of the k known items nearest to it "
                           "by text (cosine of the whitened PCA'd embeddings) instead of the row the text map predicts; "
                           "no text dropout or map training then. 0: the text map.")
-    semantic_boost: float = Field(0.0, ge=0, description="llmesr: once trained, the semantic-view score of a tail "
-                                  "item (outside the 20% most popular in training) or of an item added after training "
-                                  "is weighted by 1 + b: they lean on their text. Training is unchanged. 0: off.")
+    semantic_boost: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
+        0.0, description="llmesr: once trained, the semantic-view score of a tail item (outside the 20% most popular "
+        "in training) or of an item added after training is weighted by 1 + b: they lean on their text. Training is "
+        "unchanged. 0: off. auto: the largest b of 0.1, 0.25, 0.5, 1 whose validation NDCG@10 stays within "
+        "boost_tolerance of b = 0's (the best b differs by backbone).")
+    boost_tolerance: float = Field(0.01, ge=0, lt=1, description="semantic_boost auto: the share of validation "
+                                   "NDCG@10 the boost may cost.")
     view_attention: bool = Field(False, description="llmesr: before the backbone, each view's item sequence attends "
                                  "to the other view's (LLM-ESR's cross-attention; causal for SASRec and GRU4Rec). Sources with one view ignore it.")
     distill_weight: float = Field(0.0, ge=0, description="LLM-ESR's retrieval-augmented self-distillation (sources "

@@ -383,15 +383,16 @@ class DualView(ItemEmbedding):
     With `semantic_boost` b > 0 the trained model trusts the semantic view more where the ID view learnt
     little: at inference the semantic score of a tail item (outside the 20% most popular in training,
     srs.metrics.tail_items) or of an item added after training is weighted by 1 + b. Training and its
-    validation are unchanged; the weights are set once trained and kept in the published weights. (A
-    smooth weight, 1 + b * m / (m + n) over training counts n with median m, traded more HR@10 for less
-    tail on Beauty: benchmarks/NOTEBOOK.md "Session 27".)"""
+    validation are unchanged; the weights are set once trained (`boost`; srs.loop chooses b on validation
+    with semantic_boost "auto") and kept in the published weights. (A smooth weight, 1 + b * m / (m + n)
+    over training counts n with median m, traded more HR@10 for less tail on Beauty: benchmarks/NOTEBOOK.md
+    "Session 27".)"""
 
-    def __init__(self, ids: IDEmbedding, semantic: LLMEmbAdapter, semantic_boost: float = 0.0):
+    def __init__(self, ids: IDEmbedding, semantic: LLMEmbAdapter, semantic_boost: float | str = 0.0):
         super().__init__(ids.n_items, ids.dim)
         self.ids, self.semantic = ids, semantic
         self.semantic_boost = semantic_boost
-        self.register_buffer("semantic_weight", torch.ones(ids.n_items + 1), persistent=semantic_boost > 0)
+        self.register_buffer("semantic_weight", torch.ones(ids.n_items + 1), persistent=semantic_boost != 0)
 
     def views(self) -> tuple[torch.Tensor, ...]:
         return self.ids.table(), self.semantic.table()
@@ -405,15 +406,20 @@ class DualView(ItemEmbedding):
     def add_items(self, llm: torch.Tensor) -> None:
         self.ids.add_items(llm)
         self.semantic.add_items(llm)
-        self.semantic_weight = torch.cat([self.semantic_weight, self.semantic_weight.new_full(
-            (len(llm),), 1 + self.semantic_boost)])
+        # a new item weighs as a tail item does: 1 + b (1 without a boost)
+        self.semantic_weight = torch.cat([self.semantic_weight, self.semantic_weight.max().expand(len(llm))])
         self.n_items = self.ids.n_items
 
     @torch.no_grad()
     def after_training(self, known: torch.Tensor, tail: torch.Tensor) -> None:
         self.ids.after_training(known, tail)
-        if self.semantic_boost:
-            self.semantic_weight[1:] = 1 + self.semantic_boost * tail.to(self.semantic_weight)
+        self.tail = tail
+        self.boost(0.0 if self.semantic_boost == "auto" else self.semantic_boost)
+
+    @torch.no_grad()
+    def boost(self, b: float) -> None:
+        """Weight the trained tail items' semantic scores by 1 + b (after_training gave the tail)."""
+        self.semantic_weight[1:] = 1 + b * self.tail.to(self.semantic_weight)
 
     def text_map_stage(self, dropout: float) -> list[nn.Parameter]:
         return self.ids.text_map_stage(dropout)

@@ -39,7 +39,8 @@ class SRSResult:
     the final checkpoint's directory on the storage filesystem when `storage_path` was given (None
     otherwise): model.safetensors (best weights), items.safetensors, srs.json. `valid_curve` is
     validation NDCG@10 per epoch; `item_table` the best model's item embeddings [n_items, d] (row
-    i = item_ids[i]), what serving loads."""
+    i = item_ids[i]), what serving loads; `boost_sweep` each semantic_boost's validation and test
+    metrics when srs.loop chose it ("auto")."""
 
     test: dict[str, float]
     valid: dict[str, float]
@@ -52,6 +53,7 @@ class SRSResult:
     checkpoint: str | None = None
     valid_curve: list[float] = field(default_factory=list)
     item_table: np.ndarray | None = None
+    boost_sweep: list[dict] = field(default_factory=list)
 
     @classmethod
     def from_metrics(cls, m: Mapping, seconds: float, checkpoint: str | None, item_table: np.ndarray) -> SRSResult:
@@ -68,6 +70,7 @@ class SRSResult:
             checkpoint=checkpoint,
             valid_curve=[float(x) for x in m["valid_curve"]],
             item_table=item_table,
+            boost_sweep=list(m["boost_sweep"]),
         )
 
 

@@ -17,6 +17,7 @@ from srs import (ALL_METRICS, METRICS, MODELS, SOURCES, TrainState, Worker, buil
                  popularity_metrics, summarize, target_ranks, train)
 from srs.data import Ragged, TrainBatch, build_tensors, cold_items, sample_negatives, similar_rows
 from srs.fusion import LLMEmbAdapter, SourceInputs, build_item_embedding, latent_categories
+from srs.loop import BOOSTS, choose_boost
 from srs.metrics import report, sample_candidates, sampled_ranks, tail_items
 from srs.models.transformer import GROUP_ROWS, TransformerEncoder
 from srs.runners import prepare_run
@@ -566,6 +567,36 @@ def test_every_backbone_learns_in_process(cyclic, model_name, loss, epochs):
     state = fitted.state
     assert len(state.curve) == state.epoch and state.curve[state.best_epoch - 1] == state.best_valid["NDCG@10"]
     assert fitted.test["HR@10"] > pop["HR@10"] + 0.3
+
+
+def test_semantic_boost_auto_takes_the_largest_b_validation_allows(cyclic):
+    """semantic_boost auto scores every b on the trained model and keeps the largest whose validation NDCG@10
+    stays within boost_tolerance of b = 0's; the run's test metrics and published weights are that b's.
+    A source without a semantic view trains as it would without the option."""
+    sequences, item_ids, _ = cyclic
+    cfg = SMALL.model_copy(update={"epochs": 4, "semantic_boost": "auto", "boost_tolerance": 0.01})
+    data = build_tensors(sequences, item_ids, cfg.max_len)
+    torch.manual_seed(0)
+    model = build_model("llmesr", len(item_ids), cfg, cycle_embeddings())
+    fitted = fit(model, data, cfg)
+    sweep = fitted.boost_sweep
+    assert [row["boost"] for row in sweep] == list(BOOSTS) and sum(row["chosen"] for row in sweep) == 1
+    floor = 0.99 * sweep[0]["valid/NDCG@10"]
+    chosen = max(row["boost"] for row in sweep if row["valid/NDCG@10"] >= floor)
+    assert next(row for row in sweep if row["chosen"])["boost"] == chosen
+    assert fitted.test == {k.removeprefix("test/"): v for k, v in sweep[BOOSTS.index(chosen)].items()
+                           if k.startswith("test/")}
+    assert len({row["test/tail/MRR"] for row in sweep}) == len(BOOSTS)   # each b ranks the tail its own way
+    tail = torch.from_numpy(tail_items(data.train_seen, len(item_ids))[1:])
+    torch.testing.assert_close(fitted.state.best_model["items.semantic_weight"][1:], 1 + chosen * tail.float())
+    assert fitted.metrics()["boost_sweep"] == sweep
+
+    anything = choose_boost(model, data, tail_items(data.train_seen, len(item_ids)), "cpu", None, tolerance=0.999)
+    assert next(row for row in anything if row["chosen"])["boost"] == max(BOOSTS)
+    torch.testing.assert_close(model.items.semantic_weight[1:], 1 + max(BOOSTS) * tail.float())
+
+    torch.manual_seed(0)
+    assert fit(build_model("id", len(item_ids), cfg), data, cfg).boost_sweep == []
 
 
 @dataclass
