@@ -125,7 +125,9 @@ class SRSConfig(_Section):
 
     model: Literal["sasrec", "gru4rec", "bert4rec"] = "sasrec"
     sources: list[Literal["id", "llm-frozen", "llmemb", "ger", "tslrec", "llmesr"]] = Field(
-        default_factory=lambda: ["id", "llmemb"])
+        default_factory=lambda: ["id", "llmesr"],
+        description="One model per source; the service serves the best by validation NDCG@10. llmesr is the LLM "
+        "source that beat ID-only in benchmarks/RESULTS.md (llmemb, an LLM-only table, is about 3x worse).")
     loss: Literal["bce", "ce"] | None = Field(
         description="sasrec/gru4rec: bce (one sampled negative) or ce (full softmax); bert4rec: ce (cloze) only. "
         "None (configs from before the backbone defaults): bce, and ce for bert4rec.")

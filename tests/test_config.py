@@ -7,7 +7,7 @@ from cluster.config import ConfigError, load_config
 
 def test_defaults_work_without_a_file():
     cfg = load_config(None)
-    assert cfg.storage.uri == "./store" and cfg.model.engine == "auto" and cfg.srs.sources == ["id", "llmemb"]
+    assert cfg.storage.uri == "./store" and cfg.model.engine == "auto" and cfg.srs.sources == ["id", "llmesr"]
 
 
 def test_repository_config_is_valid():
