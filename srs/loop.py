@@ -193,6 +193,9 @@ def fit(
     if cfg.semantic_boost == "auto" and isinstance(net.items, DualView):   # other sources have no semantic view
         sweep = choose_boost(net, data, tail, device, candidates, cfg.boost_tolerance)
     s.best_model = _weights(net)   # what is published: with what the source learned after training
+    # and its validation metrics, which choose the served source: a semantic boost moves them
+    s.best_valid = evaluate(net, data.valid_inputs, data.valid_seen, data.valid_targets, tail, device, candidates,
+                            data.cold, known_only=True)
     test = evaluate(net, data.test_inputs, data.test_seen, data.test_targets, tail, device, candidates, data.cold)
     with torch.no_grad():
         items = net.items.table()[1:].detach().cpu().clone()   # a view of the ID table would still require grad
