@@ -199,7 +199,7 @@ def boost_table(rows: list[dict]) -> str:
     often validation chose it ('' otherwise). Every b is scored on the same trained models."""
     if "sweep" not in rows[0]:
         return ""
-    keys = ("valid/NDCG@10", "test/HR@10", "test/NDCG@10", "test/tail/HR@10")
+    keys = ("valid/NDCG@10", "test/HR@10", "test/NDCG@10", "test/MRR", "test/tail/HR@10")
     lines = ["", "| semantic_boost | " + " | ".join(keys) + " | chosen |", "|---" * (len(keys) + 2) + "|"]
     for i, b in enumerate(row["boost"] for row in rows[0]["sweep"]):
         cells = [" ± ".join(f"{x:.4f}" for x in mean_std([r["sweep"][i][k] for r in rows])) for k in keys]
