@@ -383,10 +383,10 @@ class DualView(ItemEmbedding):
     With `semantic_boost` b > 0 the trained model trusts the semantic view more where the ID view learnt
     little: at inference the semantic score of a tail item (outside the 20% most popular in training,
     srs.metrics.tail_items) or of an item added after training is weighted by 1 + b. Training and its
-    validation are unchanged; the weights are set once trained (`boost`; srs.loop chooses b on validation
-    with semantic_boost "auto") and kept in the published weights. (A smooth weight, 1 + b * m / (m + n)
-    over training counts n with median m, traded more HR@10 for less tail on Beauty: benchmarks/NOTEBOOK.md
-    "Session 27".)"""
+    early stopping are unchanged (the run's recorded validation metrics are the boosted model's); the weights
+    are set once trained (`boost`; srs.loop chooses b on validation with semantic_boost "auto") and kept in
+    the published weights. (A smooth weight, 1 + b * m / (m + n) over training counts n with median m,
+    traded more HR@10 for less tail on Beauty: benchmarks/NOTEBOOK.md "Session 27".)"""
 
     def __init__(self, ids: IDEmbedding, semantic: LLMEmbAdapter, semantic_boost: float | str = 0.0):
         super().__init__(ids.n_items, ids.dim)
