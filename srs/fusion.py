@@ -441,12 +441,17 @@ def joint_text_dropout(cfg: SRSConfig) -> float:
     return cfg.text_dropout if cfg.text_map_steps == 0 and not cfg.cold_knn else 0.0
 
 
-def _id(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> IDEmbedding:
-    if cfg.id_init == "random":
-        return IDEmbedding(n_items, cfg.hidden_size)
+def _text_initialised_ids(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> IDEmbedding:
+    """The ID table initialised from the PCA of the LLM embeddings (id_init llm-pca; llmesr's ID view)."""
     return IDEmbedding(n_items, cfg.hidden_size, inputs.llm,
                        fit_pca(inputs.llm, cfg.hidden_size, inputs.warm, cfg.pca_whiten), joint_text_dropout(cfg),
                        cfg.cold_knn)
+
+
+def _id(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> IDEmbedding:
+    if cfg.id_init == "random":
+        return IDEmbedding(n_items, cfg.hidden_size)
+    return _text_initialised_ids(n_items, cfg, inputs)
 
 
 def _llm_frozen(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:
@@ -460,9 +465,7 @@ def _llmemb(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> LLMEmbAdapter
 
 
 def _llmesr(n_items: int, cfg: SRSConfig, inputs: SourceInputs) -> ItemEmbedding:
-    ids = IDEmbedding(n_items, cfg.hidden_size, inputs.llm,
-                      fit_pca(inputs.llm, cfg.hidden_size, inputs.warm, cfg.pca_whiten), joint_text_dropout(cfg),
-                      cfg.cold_knn)
+    ids = _text_initialised_ids(n_items, cfg, inputs)   # first: the RNG order of published runs
     semantic = LLMEmbAdapter(inputs.llm, cfg.hidden_size, cfg.pca_dim, warm=inputs.warm, whiten=cfg.pca_whiten)
     return DualView(ids, semantic, cfg.semantic_boost)
 
