@@ -258,7 +258,7 @@ class FinetuneConfig(_Section):
                             "the in-batch negatives need company.")
     max_steps: int = Field(200, ge=1, description="Optimizer steps (--max-steps overrides).")
     checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints in storage (and the last step always).")
-    log_every: int = Field(10, ge=1, description="Steps between progress lines.")
+    log_every: int = Field(10, ge=1, description="Steps between progress reports (the driver's bar; worker lines with --verbose).")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (gradients are averaged across them).")
     threads_per_worker: int = Field(2, ge=1, description="torch threads per worker.")
     gradient_checkpointing: bool = Field(

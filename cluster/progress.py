@@ -21,13 +21,14 @@ class _Forward(UserCallback):
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if metrics and self.key in metrics[0]:
-            self.queue.put(metrics[0][self.key])
+            self.queue.put((metrics[0][self.key], metrics[0].get("status")))
 
 
 @contextmanager
 def train_progress(desc: str, total: int, key: str = "epoch") -> Iterator[UserCallback]:
     """Yields the callback to pass as RunConfig(callbacks=[...]); while the block runs, a bar of
-    `total` follows the value of `key` in rank 0's reports (a running count: epochs, steps)."""
+    `total` follows the value of `key` in rank 0's reports (a running count: epochs, steps); a report's
+    "status" string, if any, is shown after the bar (what the run does once the count stops moving)."""
     queue = Queue(actor_options={"num_cpus": 0})  # never waits for a CPU the workers hold
     finished = threading.Event()
     bar = tqdm(total=total, desc=desc, unit=key, mininterval=1)
@@ -35,7 +36,10 @@ def train_progress(desc: str, total: int, key: str = "epoch") -> Iterator[UserCa
     def follow() -> None:
         while True:
             try:
-                bar.update(queue.get(timeout=0.5) - bar.n)
+                count, status = queue.get(timeout=0.5)
+                bar.update(count - bar.n)
+                if status:
+                    bar.set_postfix_str(status)
             except Empty:
                 if finished.is_set():  # the run has returned: every report is in the queue already
                     return

@@ -99,10 +99,14 @@ def _train_loop(config: dict) -> None:
         where = f"resuming at step {start}" if restored else "starting"
         _say(f"[finetune {objective.name}] {where}; {max_steps} steps, {world} worker(s), batch {len(plan[0])}")
 
+    def metrics() -> dict:
+        return {"step": state["step"], "loss": state["losses"][-1] if state["losses"] else float("nan")}
+
     def checkpoint(final: bool) -> None:
-        metrics = {"step": state["step"], "loss": state["losses"][-1] if state["losses"] else float("nan")}
+        if final:  # the driver's bar shows the steps done while rank 0 computes the outputs (a catalog pass: minutes)
+            ray.train.report({**metrics(), "status": "computing outputs"})
         if rank != 0:
-            ray.train.report(metrics, checkpoint=None)
+            ray.train.report(metrics(), checkpoint=None)
             return
         outputs = None
         if final:
@@ -111,7 +115,7 @@ def _train_loop(config: dict) -> None:
             outputs = objective.finish(model, tokenizer, heads, data, cfg, device)
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(tmp, lora, heads, optimizer, state, outputs)
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+            ray.train.report(metrics(), checkpoint=Checkpoint.from_directory(tmp))
 
     model.train(objective.trains_llm)   # a frozen LLM stays in eval mode: no dropout
     heads.train()
@@ -133,6 +137,8 @@ def _train_loop(config: dict) -> None:
             _say(f"[finetune {objective.name}] step {done}/{max_steps} loss {value:.4f} ({rate:.2f} steps/s)")
         if done % ft.checkpoint_every == 0 or done == max_steps:
             checkpoint(final=done == max_steps)
+        elif done % ft.log_every == 0:
+            ray.train.report(metrics())  # every rank reports (Ray Train's rule); the driver's bar follows rank 0
     if start >= max_steps:  # already trained that far: publish the restored state again
         if rank == 0:
             _say(f"[finetune {objective.name}] the checkpoint is at step {start} >= {max_steps}: nothing to train")
@@ -187,7 +193,7 @@ def finetune(cfg: Config, objective: str, out: str, *, max_steps: int | None = N
               AutoTokenizer.from_pretrained(model_path))
     _uncommit(out_store, fresh=not resume)
     data = recipe.prepare(job)
-    # The bar moves at each checkpoint (finetune.checkpoint_every steps), when the workers report.
+    # The bar moves when the workers report: every finetune.log_every steps, and at each checkpoint.
     with train_progress(f"finetune {objective}", steps, key="step") as bar:
         trainer = TorchTrainer(
             _train_loop,

@@ -214,12 +214,15 @@ def test_ger_trains_an_attribute_scorer_into_s3(ray_local, s3_store, tmp_path, h
 
 
 # -- TSLRec ---------------------------------------------------------------------------------------
-def test_tslrec_trains_and_writes_knowledge_embeddings(ray_local, tmp_path, hf_engine):
+def test_tslrec_trains_and_writes_knowledge_embeddings(ray_local, tmp_path, hf_engine, capsys):
     from llm.runs import read_run
 
     cfg = make_cfg(tmp_path / "store", tslrec_history=5, tslrec_srs_epochs=1)
     out = str(tmp_path / "adapter")
     summary = finetune(cfg, "tslrec", out, max_steps=2)
+    bar = capsys.readouterr().err
+    assert "finetune tslrec" in bar and "2/2" in bar and "computing outputs" in bar, \
+        "the driver's bar reaches the last step before the knowledge pass, and says what the run does then"
     assert summary["steps"] == 2 and summary["categories"] == 4
     assert Store(out).exists("tslrec_heads.safetensors") and Store(out).exists("tslrec_id_items.safetensors")
     assert_changes_embeddings(hf_engine, out, "tslrec-test")
